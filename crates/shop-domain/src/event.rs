@@ -1,0 +1,190 @@
+//! The order-placed event published on the Redis channel.
+//!
+//! Redis pub/sub has no headers, so the envelope itself carries the W3C trace context
+//! (`traceparent`, `tracestate`) that lets fulfilment continue the checkout trace.
+//!
+//! ```json
+//! {"schema_version":1,"type":"order.placed","event_id":"evt_…","order_id":"ord_…",
+//!  "epoch":0,"occurred_at":"2026-11-24T10:00:00Z","traceparent":"00-…-…-01","tracestate":null}
+//! ```
+//!
+//! `epoch` is 0 when checkout publishes and grows with each redrive, so a redrive can take
+//! over an order whose earlier handler died while holding the claim for its epoch.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::is_order_id;
+
+pub const SCHEMA_VERSION: u64 = 1;
+pub const ORDER_PLACED: &str = "order.placed";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    pub schema_version: u64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub event_id: String,
+    pub order_id: String,
+    pub epoch: u64,
+    pub occurred_at: String,
+    pub traceparent: Option<String>,
+    pub tracestate: Option<String>,
+}
+
+impl OrderPlaced {
+    pub fn new(event_id: String, order_id: String, epoch: u64, occurred_at: String) -> Self {
+        Self {
+            schema_version: SCHEMA_VERSION,
+            kind: ORDER_PLACED.to_owned(),
+            event_id,
+            order_id,
+            epoch,
+            occurred_at,
+            traceparent: None,
+            tracestate: None,
+        }
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Why a message cannot be processed. Each is dead-lettered, never retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    NotJson(String),
+    UnsupportedVersion(String),
+    Invalid(String),
+}
+
+impl std::fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DecodeError::NotJson(e) => write!(f, "not a JSON event: {e}"),
+            DecodeError::UnsupportedVersion(v) => {
+                write!(
+                    f,
+                    "unsupported schema_version {v} (this handler reads {SCHEMA_VERSION})"
+                )
+            }
+            DecodeError::Invalid(e) => write!(f, "invalid event: {e}"),
+        }
+    }
+}
+
+/// Decodes a message. The schema version is checked first, so a future version is
+/// reported as such rather than as a shape error. Unknown extra fields are allowed
+/// (additive changes keep version 1); an invalid `traceparent` is dropped, as W3C Trace
+/// Context says, rather than failing the order.
+pub fn decode(payload: &[u8]) -> Result<OrderPlaced, DecodeError> {
+    let value: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| DecodeError::NotJson(e.to_string()))?;
+    match value.get("schema_version") {
+        Some(v) if v.as_u64() == Some(SCHEMA_VERSION) => {}
+        Some(v) => return Err(DecodeError::UnsupportedVersion(v.to_string())),
+        None => return Err(DecodeError::Invalid("schema_version is missing".into())),
+    }
+    let mut event: OrderPlaced =
+        serde_json::from_value(value).map_err(|e| DecodeError::Invalid(e.to_string()))?;
+    if event.kind != ORDER_PLACED {
+        return Err(DecodeError::Invalid(format!(
+            "unknown type {:?}",
+            event.kind
+        )));
+    }
+    if !is_order_id(&event.order_id) {
+        return Err(DecodeError::Invalid(format!(
+            "order_id {:?} is not an order id",
+            event.order_id
+        )));
+    }
+    if event
+        .traceparent
+        .as_deref()
+        .is_some_and(|tp| !is_traceparent(tp))
+    {
+        event.traceparent = None;
+        event.tracestate = None;
+    }
+    Ok(event)
+}
+
+/// W3C Trace Context `traceparent`, version 00: `00-<32 hex>-<16 hex>-<2 hex>`, with
+/// non-zero trace and parent ids.
+pub fn is_traceparent(value: &str) -> bool {
+    let parts: Vec<&str> = value.split('-').collect();
+    let hex = |s: &str, len: usize| {
+        s.len() == len
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    matches!(parts.as_slice(), [version, trace, parent, flags]
+        if *version == "00" && hex(trace, 32) && hex(parent, 16) && hex(flags, 2)
+            && trace.bytes().any(|b| b != b'0') && parent.bytes().any(|b| b != b'0'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{new_event_id, new_order_id};
+    use proptest::prelude::*;
+
+    fn sample() -> OrderPlaced {
+        let mut e = OrderPlaced::new(
+            new_event_id([1; 16]),
+            new_order_id([2; 16]),
+            0,
+            "2026-11-24T10:00:00Z".into(),
+        );
+        e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+        e
+    }
+
+    #[test]
+    fn round_trips() {
+        let e = sample();
+        assert_eq!(decode(&e.to_json()).unwrap(), e);
+    }
+
+    #[test]
+    fn versions_and_shapes_are_checked() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        v["schema_version"] = 2.into();
+        assert!(matches!(
+            decode(v.to_string().as_bytes()),
+            Err(DecodeError::UnsupportedVersion(_))
+        ));
+        v["schema_version"] = 1.into();
+        v["order_id"] = "ord_../../x".into();
+        assert!(matches!(
+            decode(v.to_string().as_bytes()),
+            Err(DecodeError::Invalid(_))
+        ));
+        assert!(matches!(decode(b"hello"), Err(DecodeError::NotJson(_))));
+        assert!(matches!(decode(b"{}"), Err(DecodeError::Invalid(_))));
+    }
+
+    #[test]
+    fn a_bad_traceparent_is_dropped_not_fatal() {
+        let mut e = sample();
+        e.traceparent = Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01".into());
+        e.tracestate = Some("k=v".into());
+        let decoded = decode(&e.to_json()).unwrap();
+        assert_eq!(decoded.traceparent, None);
+        assert_eq!(decoded.tracestate, None);
+        assert!(!is_traceparent(
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        ));
+        assert!(!is_traceparent(
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_payloads_never_panic(payload in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let _ = decode(&payload);
+        }
+    }
+}
