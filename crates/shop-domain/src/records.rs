@@ -201,10 +201,8 @@ mod tests {
 
         let now = at("2026-11-24T10:05:00Z");
         let found = unfinished_orders(&kv, now, 60, 100).unwrap();
-        assert_eq!(
-            found.iter().map(|o| o.id.clone()).collect::<Vec<_>>(),
-            [waiting.id.clone()]
-        );
+        let ids: Vec<&str> = found.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, [waiting.id.as_str()]);
         // The finished first order is below the low-water mark now.
         assert_eq!(kv.counter(&keys::redrive_low_water()).unwrap(), 1);
         // Later, the fresh one is idle too.
