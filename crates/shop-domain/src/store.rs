@@ -105,9 +105,9 @@ pub mod keys {
     pub fn redrive_low_water() -> String {
         format!("{PREFIX}:orders:done-below")
     }
-    /// Claim: the first request using this idempotency key (hashed).
-    pub fn idempotency_claim(key_hash: &str) -> String {
-        format!("{PREFIX}:idem-claim:{key_hash}")
+    /// Claim: attempt `attempt` owns this idempotency key (hashed).
+    pub fn idempotency_claim(key_hash: &str, attempt: u32) -> String {
+        format!("{PREFIX}:idem-claim:{key_hash}:{attempt}")
     }
     /// JSON idempotency record for this key (hashed).
     pub fn idempotency_record(key_hash: &str) -> String {

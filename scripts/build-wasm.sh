@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Builds the two Spin components (checkout, fulfilment) for wasm32-wasip2 and leaves them
+# where spin.toml expects them: target/wasm32-wasip2/release/{checkout,fulfilment}.wasm.
+#
+# Path 1 (a normal developer machine): rustup has the wasm32-wasip2 target -> plain
+#   `cargo build --target wasm32-wasip2 --release`, exactly what `spin build` runs.
+# Path 2 (machines where rustup cannot download targets, such as this project's CI):
+#   Debian's rustc-web + rust-web-src build std from source (-Zbuild-std), linked by
+#   wasm-component-ld, which calls lld-19's wasm-ld. See ../shared/notes/toolchain.md.
+#   Its own CARGO_TARGET_DIR keeps the two compilers from invalidating each other.
+#
+# Idempotent: installs only what is missing, and says what it does.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+components=(checkout fulfilment)
+out_dir="$root/target/wasm32-wasip2/release"
+packages=()
+for c in "${components[@]}"; do packages+=(-p "$c"); done
+
+say() { printf '==> %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+    say "rustup has wasm32-wasip2: cargo build --target wasm32-wasip2 --release ${packages[*]}"
+    cargo build --target wasm32-wasip2 --release "${packages[@]}"
+else
+    say "rustup target wasm32-wasip2 not installed: using Debian rustc-web with -Zbuild-std"
+    needed=()
+    for pkg in rustc-web cargo-web rust-web-src lld-19 wasi-libc; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || needed+=("$pkg")
+    done
+    if [ "${#needed[@]}" -gt 0 ]; then
+        say "installing Debian packages: ${needed[*]}"
+        as_root apt-get update -q
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -q "${needed[@]}"
+    fi
+
+    if ! command -v wasm-component-ld >/dev/null 2>&1; then
+        say "installing wasm-component-ld (cargo install --locked)"
+        cargo install --locked wasm-component-ld
+    fi
+    component_ld="$(command -v wasm-component-ld)"
+
+    # wasm-component-ld runs `wasm-ld` from PATH; Debian names it wasm-ld-19.
+    shim_dir="$root/target/wasm-toolchain/bin"
+    mkdir -p "$shim_dir"
+    ln -sf /usr/bin/wasm-ld-19 "$shim_dir/wasm-ld"
+
+    fallback_target="$root/target/wasm-fallback"
+    say "building with /usr/bin/cargo ($(/usr/bin/rustc --version)) into $fallback_target"
+    PATH="$shim_dir:/usr/bin:$PATH" \
+    RUSTC=/usr/bin/rustc \
+    RUSTC_BOOTSTRAP=1 \
+    CARGO_TARGET_DIR="$fallback_target" \
+    RUSTFLAGS="-C linker=$component_ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi" \
+        /usr/bin/cargo build --release -Zbuild-std=std,panic_abort --target wasm32-wasip2 "${packages[@]}"
+
+    mkdir -p "$out_dir"
+    for c in "${components[@]}"; do
+        cp -f "$fallback_target/wasm32-wasip2/release/$c.wasm" "$out_dir/$c.wasm"
+    done
+fi
+
+for c in "${components[@]}"; do
+    say "built $(du -h "$out_dir/$c.wasm" | cut -f1) $out_dir/$c.wasm"
+done
