@@ -1,0 +1,37 @@
+# The two commands a fresh Debian machine needs:
+#   make up     set up, build and run the shop (Redis, dev mail API, Spin or the local runner)
+#   make test   set up, build and run every test (domain, runner, dev mail, end to end)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+.PHONY: help setup build test lint up bench clean
+
+help:
+	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
+	@echo "make test   - install what is missing, build, and run all tests"
+	@echo "make build  - build checkout.wasm and fulfilment.wasm"
+	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
+	@echo "make bench  - throughput/latency figures of the running shop"
+
+setup:
+	./scripts/setup.sh
+
+build:
+	./scripts/build-wasm.sh
+
+test: setup build
+	cargo test --workspace --locked
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+up: setup build
+	./scripts/up.sh
+
+bench: setup build
+	./scripts/bench.sh
+
+clean:
+	cargo clean
+	rm -rf .spin
