@@ -4,14 +4,13 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build test lint up bench clean
+.PHONY: help setup build test lint up clean
 
 help:
 	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
 	@echo "make test   - install what is missing, build, and run all tests"
 	@echo "make build  - build checkout.wasm and fulfilment.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
-	@echo "make bench  - throughput/latency figures of the running shop"
 
 setup:
 	./scripts/setup.sh
@@ -19,8 +18,10 @@ setup:
 build:
 	./scripts/build-wasm.sh
 
+# The end-to-end tests start the runner and dev mail binaries: build them first.
 test: setup build
-	cargo test --workspace --locked
+	cargo build --bins --locked
+	cargo test --locked
 
 lint:
 	cargo fmt --all -- --check
@@ -28,9 +29,6 @@ lint:
 
 up: setup build
 	./scripts/up.sh
-
-bench: setup build
-	./scripts/bench.sh
 
 clean:
 	cargo clean

@@ -1,3 +1,645 @@
-//! End-to-end tests live in `tests/`: they run the real compiled components (built by
-//! `make build`) under the project's Spin-compatible runner, against a real
-//! `redis-server` and the dev mail API, over loopback HTTP.
+//! Harness for the end-to-end tests in `tests/`: starts real processes on free loopback
+//! ports (a `redis-server`, the dev mail API, the Spin-compatible runner with the real
+//! compiled components) and stops them when dropped, so a test leaves nothing running.
+//!
+//! The binaries come from this workspace's target directory (`make test` builds them
+//! before running the tests); the components from `target/wasm32-wasip2/release`, as
+//! `spin.toml` names them.
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The admin token every test runner is started with.
+pub const ADMIN_TOKEN: &str = "e2e-admin-token";
+/// The mail API key every test runner and dev mail API share.
+pub const MAIL_KEY: &str = "e2e-mail-key";
+/// The verified sender domain of the dev mail API.
+pub const VERIFIED_DOMAIN: &str = "shop.test";
+pub const CHANNEL: &str = "e2e.orders";
+
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/debug` (or whatever profile dir the test binary runs from).
+fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --workspace --bins` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Polls `check` until it returns Some or `timeout` passes.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A child process whose output goes to a log file; killed on drop. If the test is
+/// failing, the end of the log is printed to help find out why.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(name: &str, command: &mut Command, dir: &Path) -> Process {
+        let log = dir.join(format!("{name}.log"));
+        let out = fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Process {
+            name: name.to_owned(),
+            child,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn assert_running(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited with {status}:\n{}", self.name, self.log());
+        }
+    }
+
+    /// Stops the process (SIGTERM, then SIGKILL after 5 s) and returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.stop();
+        if std::thread::panicking() {
+            let log = self.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("---- last lines of {} ----", self.name);
+            for line in tail.into_iter().rev() {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
+/// A scratch directory for one test's configs and logs, removed when dropped.
+pub struct Scratch(PathBuf);
+
+impl Scratch {
+    pub fn new(test: &str) -> Scratch {
+        let dir = std::env::temp_dir().join(format!(
+            "spin-shop-e2e-{test}-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        fs::create_dir_all(&dir).expect("scratch dir");
+        Scratch(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A real `redis-server` on a free port, without persistence.
+pub struct Redis {
+    pub port: u16,
+    process: Process,
+    dir: PathBuf,
+}
+
+impl Redis {
+    pub fn start(scratch: &Scratch) -> Redis {
+        let port = free_port();
+        let redis = Redis {
+            port,
+            process: Self::spawn(port, scratch.path()),
+            dir: scratch.path().to_owned(),
+        };
+        redis.wait_until_up();
+        redis
+    }
+
+    fn spawn(port: u16, dir: &Path) -> Process {
+        Process::spawn(
+            &format!("redis-{port}"),
+            Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(dir),
+            dir,
+        )
+    }
+
+    fn wait_until_up(&self) {
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(10),
+            || self.command(&["PING"]).ok().filter(|r| r == "+PONG"),
+        );
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server and starts a fresh one on the same port: every connection drops
+    /// and the data is gone, as with a restarted Redis without persistence.
+    pub fn restart(&mut self) {
+        self.process.stop();
+        self.process = Self::spawn(self.port, &self.dir);
+        self.wait_until_up();
+    }
+
+    /// Sends one command with the RESP protocol and returns the first reply line, or the
+    /// bulk string's content.
+    pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes())?;
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end().to_owned();
+        if let Some(len) = line.strip_prefix('$') {
+            let len: i64 = len.parse().unwrap_or(-1);
+            if len < 0 {
+                return Ok(String::new());
+            }
+            let mut body = vec![0u8; len as usize + 2];
+            reader.read_exact(&mut body)?;
+            body.truncate(len as usize);
+            return Ok(String::from_utf8_lossy(&body).into_owned());
+        }
+        if line.starts_with('*') {
+            // Arrays: return the remaining lines joined, enough for NUMSUB and friends.
+            let mut rest = String::new();
+            let count: usize = line[1..].parse().unwrap_or(0);
+            for _ in 0..count * 2 {
+                let mut l = String::new();
+                reader.read_line(&mut l)?;
+                rest.push_str(l.trim_end());
+                rest.push('\n');
+            }
+            return Ok(rest);
+        }
+        Ok(line)
+    }
+
+    pub fn publish(&self, channel: &str, payload: &str) -> i64 {
+        let reply = self
+            .command(&["PUBLISH", channel, payload])
+            .expect("PUBLISH");
+        reply.trim_start_matches(':').parse().unwrap_or(-1)
+    }
+
+    /// How many clients subscribe to `channel`.
+    pub fn subscribers(&self, channel: &str) -> i64 {
+        self.command(&["PUBSUB", "NUMSUB", channel])
+            .ok()
+            .and_then(|reply| {
+                reply
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(':'))
+                    .next_back()
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn wait_for_subscribers(&self, channel: &str, count: i64) {
+        wait_for(
+            &format!("{count} subscriber(s) on {channel}"),
+            Duration::from_secs(60),
+            || (self.subscribers(channel) >= count).then_some(()),
+        );
+    }
+
+    /// Subscribes to `channel` in the background and collects every message.
+    pub fn capture(&self, channel: &str) -> Captured {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        let cmd = format!(
+            "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
+            channel.len()
+        );
+        stream.write_all(cmd.as_bytes()).expect("SUBSCRIBE");
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let sink = messages.clone();
+        let reader_stream = stream.try_clone().expect("clone stream");
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(reader_stream);
+            // Each push is an array: *3, $7 message, $n channel, $m payload.
+            let mut lines: Vec<String> = Vec::new();
+            loop {
+                let mut line = String::new();
+                match reader.read_line(&mut line) {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                lines.push(line.trim_end().to_owned());
+                if lines.len() >= 7 && lines[lines.len() - 7] == "*3" {
+                    let kind = &lines[lines.len() - 5];
+                    if kind == "message" {
+                        let payload = lines[lines.len() - 1].clone();
+                        sink.lock().unwrap().push(payload);
+                    }
+                    lines.clear();
+                }
+            }
+        });
+        let captured = Captured {
+            messages,
+            _stream: stream,
+        };
+        self.wait_for_subscribers(channel, 1);
+        captured
+    }
+}
+
+/// Messages seen on a channel by [`Redis::capture`].
+pub struct Captured {
+    messages: Arc<Mutex<Vec<String>>>,
+    _stream: TcpStream,
+}
+
+impl Captured {
+    pub fn messages(&self) -> Vec<String> {
+        self.messages.lock().unwrap().clone()
+    }
+
+    pub fn wait_for(&self, count: usize) -> Vec<String> {
+        wait_for(
+            &format!("{count} message(s) on the channel"),
+            Duration::from_secs(10),
+            || {
+                let m = self.messages();
+                (m.len() >= count).then_some(m)
+            },
+        )
+    }
+}
+
+/// The dev mail API (test double of the mail providers), on a free port.
+pub struct DevMail {
+    pub base_url: String,
+    _process: Process,
+}
+
+impl DevMail {
+    pub fn start(scratch: &Scratch) -> DevMail {
+        let port = free_port();
+        let process = Process::spawn(
+            &format!("devmail-{port}"),
+            Command::new(binary("devmail")).args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--api-key",
+                MAIL_KEY,
+                "--verified-domain",
+                VERIFIED_DOMAIN,
+            ]),
+            scratch.path(),
+        );
+        let mail = DevMail {
+            base_url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        };
+        wait_for("devmail to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        mail
+    }
+
+    /// Emails the dev mail API accepted.
+    pub fn messages(&self) -> Vec<Value> {
+        http()
+            .get(format!("{}/__devmail/messages", self.base_url))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Every send attempt, accepted or not.
+    pub fn requests(&self) -> Vec<Value> {
+        http()
+            .get(format!("{}/__devmail/requests", self.base_url))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// The next `count` send requests fail with `status`.
+    pub fn fail_next(&self, count: u32, status: u16) {
+        let response = http()
+            .post(format!("{}/__devmail/faults", self.base_url))
+            .json(&serde_json::json!({ "count": count, "status": status }))
+            .send()
+            .expect("devmail faults");
+        assert!(response.status().is_success(), "{response:?}");
+    }
+}
+
+/// Which key-value backend the runner maps the `default` store to.
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Redis,
+    Sqlite,
+}
+
+/// Options for one runner process.
+pub struct RunnerOptions<'a> {
+    pub components: &'a [&'a str],
+    pub backend: Backend,
+    pub mail_from: String,
+    pub extra_variables: Vec<(String, String)>,
+}
+
+impl Default for RunnerOptions<'_> {
+    fn default() -> Self {
+        RunnerOptions {
+            components: &[],
+            backend: Backend::Redis,
+            mail_from: format!("orders@{VERIFIED_DOMAIN}"),
+            extra_variables: Vec::new(),
+        }
+    }
+}
+
+/// The Spin-compatible runner running this repository's `spin.toml`.
+pub struct Runner {
+    pub base_url: String,
+    pub process: Process,
+}
+
+impl Runner {
+    pub fn start(
+        scratch: &Scratch,
+        redis: &Redis,
+        mail: &DevMail,
+        options: RunnerOptions<'_>,
+    ) -> Runner {
+        let port = free_port();
+        let runtime_config = scratch.path().join(format!("runtime-config-{port}.toml"));
+        let store = match options.backend {
+            Backend::Redis => format!("type = \"redis\"\nurl = \"{}\"\n", redis.url()),
+            Backend::Sqlite => format!(
+                "type = \"spin\"\npath = \"{}\"\n",
+                scratch.path().join("kv.db").display()
+            ),
+        };
+        fs::write(
+            &runtime_config,
+            format!("[key_value_store.default]\n{store}"),
+        )
+        .expect("runtime config");
+
+        let mut variables = vec![
+            ("redis_address".to_owned(), redis.url()),
+            ("orders_channel".to_owned(), CHANNEL.to_owned()),
+            ("admin_token".to_owned(), ADMIN_TOKEN.to_owned()),
+            ("mail_provider".to_owned(), "resend".to_owned()),
+            ("mail_api_base_url".to_owned(), mail.base_url.clone()),
+            ("mail_api_key".to_owned(), MAIL_KEY.to_owned()),
+            ("mail_from".to_owned(), options.mail_from.clone()),
+        ];
+        variables.extend(options.extra_variables);
+
+        let mut command = Command::new(binary("spin-runner"));
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(workspace_root().join("spin.toml"))
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--runtime-config-file")
+            .arg(&runtime_config)
+            .env("RUST_LOG", "info");
+        for (name, value) in &variables {
+            command.arg("--variable").arg(format!("{name}={value}"));
+        }
+        for component in options.components {
+            command.arg("--component-id").arg(component);
+        }
+        let name = format!("runner-{port}");
+        let mut process = Process::spawn(&name, &mut command, scratch.path());
+        let serves_http = options.components.is_empty() || options.components.contains(&"checkout");
+        let base_url = format!("http://127.0.0.1:{port}");
+        if serves_http {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                process.assert_running();
+                assert!(
+                    Instant::now() < deadline,
+                    "runner did not listen:\n{}",
+                    process.log()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Runner { base_url, process }
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        let response = http()
+            .get(format!("{}{path}", self.base_url))
+            .send()
+            .expect("GET");
+        decode(response)
+    }
+
+    pub fn post_json(&self, path: &str, body: &Value, idempotency_key: Option<&str>) -> Reply {
+        let mut request = http()
+            .post(format!("{}{path}", self.base_url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(key) = idempotency_key {
+            request = request.header("idempotency-key", key);
+        }
+        Reply::from(request.send().expect("POST"))
+    }
+
+    pub fn post_raw(&self, path: &str, body: Vec<u8>) -> Reply {
+        Reply::from(
+            http()
+                .post(format!("{}{path}", self.base_url))
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .expect("POST"),
+        )
+    }
+
+    pub fn admin_post(&self, path: &str) -> (u16, Value) {
+        decode(
+            http()
+                .post(format!("{}{path}", self.base_url))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .expect("admin POST"),
+        )
+    }
+
+    pub fn admin_get(&self, path: &str) -> (u16, Value) {
+        decode(
+            http()
+                .get(format!("{}{path}", self.base_url))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .expect("admin GET"),
+        )
+    }
+
+    /// Units of `sku` available, from the catalogue endpoint.
+    pub fn available(&self, sku: &str) -> i64 {
+        let (status, body) = self.get("/api/products");
+        assert_eq!(status, 200, "{body}");
+        body["products"]
+            .as_array()
+            .and_then(|ps| ps.iter().find(|p| p["sku"] == sku))
+            .and_then(|p| p["available"].as_i64())
+            .unwrap_or_else(|| panic!("no {sku} in {body}"))
+    }
+
+    /// Polls an order until `done` accepts it.
+    pub fn wait_for_order(
+        &self,
+        order_id: &str,
+        what: &str,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(
+            &format!("order {order_id} to be {what}"),
+            Duration::from_secs(30),
+            || {
+                let (status, body) = self.get(&format!("/api/orders/{order_id}"));
+                (status == 200 && done(&body)).then_some(body)
+            },
+        )
+    }
+}
+
+/// An HTTP answer: status, selected headers, JSON body (Null if not JSON).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub location: Option<String>,
+    pub body: Value,
+}
+
+impl From<reqwest::blocking::Response> for Reply {
+    fn from(response: reqwest::blocking::Response) -> Self {
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let location = header("location");
+        let status = response.status().as_u16();
+        let body = response.json().unwrap_or(Value::Null);
+        Reply {
+            status,
+            content_type,
+            location,
+            body,
+        }
+    }
+}
+
+fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().unwrap_or(Value::Null))
+}
+
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("HTTP client")
+}
+
+/// A valid order for `quantity` x `sku`, paid with `card`.
+pub fn order(sku: &str, quantity: u32, card: &str, email: &str) -> Value {
+    serde_json::json!({
+        "email": email,
+        "items": [{ "sku": sku, "quantity": quantity }],
+        "card": { "number": card, "expiry": "12/39", "cvc": "123" }
+    })
+}
+
+pub const APPROVED_CARD: &str = "4242 4242 4242 4242";
+pub const DECLINED_CARD: &str = "4000 0000 0000 0002";
+pub const CAPTURE_FAILS_CARD: &str = "4000 0000 0000 0341";

@@ -1,0 +1,479 @@
+//! The shop end to end: real `redis-server`, the dev mail API, and the runner executing
+//! the compiled checkout and fulfilment components from `spin.toml`, over loopback HTTP.
+
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::{json, Value};
+
+/// Redis, dev mail API, and one runner with both components.
+struct Shop {
+    runner: Runner,
+    mail: DevMail,
+    redis: Redis,
+    _scratch: Scratch,
+}
+
+impl Shop {
+    fn start(test: &str, options: RunnerOptions<'_>) -> Shop {
+        let scratch = Scratch::new(test);
+        let redis = Redis::start(&scratch);
+        let mail = DevMail::start(&scratch);
+        let runner = Runner::start(&scratch, &redis, &mail, options);
+        redis.wait_for_subscribers(CHANNEL, 1);
+        Shop {
+            runner,
+            mail,
+            redis,
+            _scratch: scratch,
+        }
+    }
+
+    fn place(&self, sku: &str, quantity: u32, card: &str) -> String {
+        let reply = self.runner.post_json(
+            "/api/orders",
+            &order(sku, quantity, card, "ada@example.com"),
+            None,
+        );
+        assert_eq!(reply.status, 202, "{reply:?}");
+        reply.body["order_id"]
+            .as_str()
+            .expect("order_id")
+            .to_owned()
+    }
+}
+
+fn settled(order: &Value) -> bool {
+    order["status"] != "accepted" && order["notification"]["state"] != "pending"
+}
+
+fn emails_to_order(mail: &DevMail, order_id: &str) -> Vec<Value> {
+    mail.messages()
+        .into_iter()
+        .filter(|m| m["subject"].as_str().is_some_and(|s| s.contains(order_id)))
+        .collect()
+}
+
+#[test]
+fn an_order_is_accepted_then_confirmed_and_emailed_once() {
+    let shop = Shop::start("happy", RunnerOptions::default());
+    let before = shop.runner.available("SPIN-MUG");
+
+    let reply = shop.runner.post_json(
+        "/api/orders",
+        &json!({
+            "email": "ada@example.com",
+            "items": [{"sku": "SPIN-MUG", "quantity": 2}, {"sku": "STICKER-PACK", "quantity": 1}],
+            "card": {"number": APPROVED_CARD, "expiry": "12/39", "cvc": "123"}
+        }),
+        None,
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let order_id = reply.body["order_id"].as_str().unwrap().to_owned();
+    assert_eq!(reply.body["status"], "accepted");
+    assert_eq!(
+        reply.location.as_deref(),
+        Some(format!("/api/orders/{order_id}").as_str())
+    );
+
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["notification"]["state"], "sent", "{order}");
+    assert_eq!(order["notification"]["provider"], "resend");
+    assert_eq!(order["total"]["minor"], 2 * 1_200 + 400);
+    assert_eq!(order["card"]["last4"], "4242");
+    assert_eq!(order["event_published"], true);
+    assert!(
+        !order.to_string().contains("4242 4242"),
+        "card number leaked: {order}"
+    );
+
+    let emails = emails_to_order(&shop.mail, &order_id);
+    assert_eq!(emails.len(), 1, "{emails:?}");
+    let email = &emails[0];
+    assert_eq!(email["to"], json!(["ada@example.com"]));
+    assert_eq!(email["from"], format!("orders@{VERIFIED_DOMAIN}"));
+    let text = email["text"].as_str().unwrap();
+    assert!(text.contains("2 x Spin enamel mug"), "{text}");
+    assert!(text.contains("1 x Sticker pack"), "{text}");
+    assert!(text.contains("Total: 28.00 EUR"), "{text}");
+    assert_eq!(email["idempotency_key"], format!("{order_id}/confirmed"));
+
+    assert_eq!(shop.runner.available("SPIN-MUG"), before - 2);
+    // Nothing touches stock again later.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(shop.runner.available("SPIN-MUG"), before - 2);
+    assert_eq!(shop.mail.requests().len(), 1);
+}
+
+#[test]
+fn refusals_are_problem_details_naming_the_field_and_take_no_stock() {
+    let shop = Shop::start("refusals", RunnerOptions::default());
+    let before = shop.runner.available("LIMITED-PRINT");
+
+    let out_of_stock = shop.runner.post_json(
+        "/api/orders",
+        &order(
+            "LIMITED-PRINT",
+            before as u32 + 1,
+            APPROVED_CARD,
+            "ada@example.com",
+        ),
+        None,
+    );
+    assert_eq!(out_of_stock.status, 409, "{out_of_stock:?}");
+    assert_eq!(out_of_stock.content_type, "application/problem+json");
+    assert_eq!(
+        out_of_stock.body["errors"][0]["pointer"],
+        "/items/0/quantity"
+    );
+    assert_eq!(out_of_stock.body["available"], before);
+    assert_eq!(shop.runner.available("LIMITED-PRINT"), before);
+
+    let declined = shop.runner.post_json(
+        "/api/orders",
+        &order("LIMITED-PRINT", 1, DECLINED_CARD, "ada@example.com"),
+        None,
+    );
+    assert_eq!(declined.status, 402, "{declined:?}");
+    assert_eq!(declined.body["errors"][0]["pointer"], "/card/number");
+    assert_eq!(shop.runner.available("LIMITED-PRINT"), before);
+
+    let malformed = shop
+        .runner
+        .post_raw("/api/orders", b"{\"email\": ".to_vec());
+    assert_eq!(malformed.status, 400, "{malformed:?}");
+    assert_eq!(malformed.content_type, "application/problem+json");
+    assert_eq!(malformed.body["type"], "/problems/malformed-json");
+
+    let unknown = shop.runner.post_json(
+        "/api/orders",
+        &order("NO-SUCH-SKU", 1, APPROVED_CARD, "ada@example.com"),
+        None,
+    );
+    assert_eq!(unknown.status, 422, "{unknown:?}");
+    assert_eq!(unknown.body["errors"][0]["pointer"], "/items/0/sku");
+
+    let bad_email = shop.runner.post_json(
+        "/api/orders",
+        &order("SPIN-MUG", 1, APPROVED_CARD, "not-an-email"),
+        None,
+    );
+    assert_eq!(bad_email.status, 422, "{bad_email:?}");
+    assert_eq!(bad_email.body["errors"][0]["pointer"], "/email");
+
+    let too_big = shop
+        .runner
+        .post_raw("/api/orders", vec![b' '; 64 * 1024 + 1]);
+    assert_eq!(too_big.status, 413, "{too_big:?}");
+
+    let (status, body) = shop
+        .runner
+        .get("/api/orders/ord_00000000000000000000000000000000");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(shop.runner.available("LIMITED-PRINT"), before);
+    assert!(shop.mail.requests().is_empty());
+}
+
+#[test]
+fn the_same_idempotency_key_makes_one_order() {
+    let shop = Shop::start("idempotency", RunnerOptions::default());
+    let before = shop.runner.available("SPIN-MUG");
+    let body = order("SPIN-MUG", 3, APPROVED_CARD, "ada@example.com");
+
+    let first = shop.runner.post_json("/api/orders", &body, Some("key-1"));
+    let second = shop.runner.post_json("/api/orders", &body, Some("key-1"));
+    assert_eq!(first.status, 202, "{first:?}");
+    assert_eq!(second.status, 202, "{second:?}");
+    assert_eq!(first.body, second.body);
+    assert_eq!(first.location, second.location);
+
+    let other_body = order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com");
+    let reused = shop
+        .runner
+        .post_json("/api/orders", &other_body, Some("key-1"));
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert_eq!(
+        reused.body["errors"][0]["pointer"],
+        "header:idempotency-key"
+    );
+
+    let order_id = first.body["order_id"].as_str().unwrap();
+    shop.runner.wait_for_order(order_id, "settled", settled);
+    assert_eq!(shop.runner.available("SPIN-MUG"), before - 3);
+    assert_eq!(shop.mail.messages().len(), 1);
+}
+
+#[test]
+fn an_unverified_sender_is_recorded_on_the_order_and_not_retried() {
+    let shop = Shop::start(
+        "unverified",
+        RunnerOptions {
+            mail_from: "orders@unverified.example".to_owned(),
+            ..RunnerOptions::default()
+        },
+    );
+    let before = shop.runner.available("SPIN-MUG");
+    let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["notification"]["state"], "failed", "{order}");
+    assert_eq!(order["notification"]["provider"], "resend");
+    let reason = order["notification"]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("unverified.example domain is not verified"),
+        "{reason}"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(shop.mail.requests().len(), 1, "retried a permanent failure");
+    assert!(shop.mail.messages().is_empty());
+    assert_eq!(shop.runner.available("SPIN-MUG"), before - 1);
+}
+
+#[test]
+fn a_flapping_mail_api_gets_one_email_after_retries() {
+    let shop = Shop::start("flapping", RunnerOptions::default());
+    shop.mail.fail_next(2, 503);
+    let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["notification"]["state"], "sent", "{order}");
+    assert_eq!(shop.mail.requests().len(), 3);
+    assert_eq!(emails_to_order(&shop.mail, &order_id).len(), 1);
+}
+
+#[test]
+fn a_failed_capture_fails_the_order_and_returns_stock_once() {
+    let shop = Shop::start("capture", RunnerOptions::default());
+    let before = shop.runner.available("LIMITED-PRINT");
+    let order_id = shop.place("LIMITED-PRINT", 2, CAPTURE_FAILS_CARD);
+
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "failed", "{order}");
+    assert!(order["reason"]
+        .as_str()
+        .unwrap()
+        .contains("capture declined"));
+    assert_eq!(order["notification"]["state"], "sent");
+    let email = &emails_to_order(&shop.mail, &order_id)[0];
+    assert!(email["subject"]
+        .as_str()
+        .unwrap()
+        .contains("could not be completed"));
+    assert_eq!(shop.runner.available("LIMITED-PRINT"), before);
+}
+
+#[test]
+fn duplicate_events_and_two_replicas_do_the_work_once() {
+    let scratch = Scratch::new("duplicates");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["checkout"],
+            ..RunnerOptions::default()
+        },
+    );
+    let events = redis.capture(CHANNEL);
+    let before = checkout.available("LIMITED-PRINT");
+    let reply = checkout.post_json(
+        "/api/orders",
+        &order("LIMITED-PRINT", 1, CAPTURE_FAILS_CARD, "ada@example.com"),
+        None,
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let order_id = reply.body["order_id"].as_str().unwrap().to_owned();
+    let event = events.wait_for(1)[0].clone();
+    assert!(event.contains(&order_id), "{event}");
+    assert_eq!(checkout.available("LIMITED-PRINT"), before - 1);
+
+    // Two fulfilment replicas, and the event delivered twice to each.
+    let _replica_a = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["fulfilment"],
+            ..RunnerOptions::default()
+        },
+    );
+    let _replica_b = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["fulfilment"],
+            ..RunnerOptions::default()
+        },
+    );
+    redis.wait_for_subscribers(CHANNEL, 3); // two replicas + this test's capture
+    assert_eq!(redis.publish(CHANNEL, &event), 3);
+    assert_eq!(redis.publish(CHANNEL, &event), 3);
+
+    let order = checkout.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "failed", "{order}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(mail.requests().len(), 1, "{:?}", mail.requests());
+    // Reserved once, released once: back where it started, not above.
+    assert_eq!(checkout.available("LIMITED-PRINT"), before);
+}
+
+#[test]
+fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() {
+    let scratch = Scratch::new("redrive");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["checkout"],
+            ..RunnerOptions::default()
+        },
+    );
+    let order_ids: Vec<String> = (0..3)
+        .map(|_| {
+            let reply = checkout.post_json(
+                "/api/orders",
+                &order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com"),
+                None,
+            );
+            assert_eq!(reply.status, 202, "{reply:?}");
+            reply.body["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+
+    // Published into the void: nobody listened, Redis dropped the messages.
+    let fulfilment = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["fulfilment"],
+            ..RunnerOptions::default()
+        },
+    );
+    redis.wait_for_subscribers(CHANNEL, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    for id in &order_ids {
+        let (_, order) = checkout.get(&format!("/api/orders/{id}"));
+        assert_eq!(order["status"], "accepted", "{order}");
+        assert_eq!(order["event_published"], true);
+    }
+
+    let (status, body) = checkout.admin_post("/api/admin/redrive?older_than_seconds=0");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 3, "{body}");
+    for id in &order_ids {
+        let order = checkout.wait_for_order(id, "settled", settled);
+        assert_eq!(order["status"], "confirmed", "{order}");
+    }
+    let (_, again) = checkout.admin_post("/api/admin/redrive?older_than_seconds=0");
+    assert_eq!(again["count"], 0, "{again}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mail.messages().len(), 3);
+    assert_eq!(mail.requests().len(), 3);
+    drop(fulfilment);
+
+    // Without the token, redrive is refused.
+    let refused = http()
+        .post(format!("{}/api/admin/redrive", checkout.base_url))
+        .send()
+        .unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+}
+
+#[test]
+fn a_malformed_message_is_dead_lettered_and_the_shop_keeps_working() {
+    let shop = Shop::start("dead-letter", RunnerOptions::default());
+    assert_eq!(shop.redis.publish(CHANNEL, "this is not an event"), 1);
+    assert_eq!(
+        shop.redis
+            .publish(CHANNEL, r#"{"schema_version": 99, "type": "order.placed"}"#),
+        1
+    );
+    let letters = wait_for("two dead letters", Duration::from_secs(10), || {
+        let (status, body) = shop.runner.admin_get("/api/admin/dead-letters");
+        assert_eq!(status, 200, "{body}");
+        let letters = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        (letters.len() == 2).then_some(letters)
+    });
+    assert!(letters[0]["letter"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("unsupported schema_version 99"));
+    assert_eq!(letters[1]["letter"]["payload"], "this is not an event");
+
+    let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed");
+}
+
+#[test]
+fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
+    let shop = Shop::start("concurrency", RunnerOptions::default());
+    assert_eq!(shop.runner.available("WASM-TEE-M"), 50);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            shop.runner
+                                .post_json(
+                                    "/api/orders",
+                                    &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
+                                    None,
+                                )
+                                .status
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    });
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((accepted, refused), (50, 150), "{statuses:?}");
+    assert_eq!(shop.runner.available("WASM-TEE-M"), 0);
+}
+
+#[test]
+fn the_shop_survives_a_redis_restart() {
+    let mut shop = Shop::start("redis-restart", RunnerOptions::default());
+    shop.place("SPIN-MUG", 1, APPROVED_CARD);
+    shop.redis.restart();
+    // The runner resubscribes by itself.
+    shop.redis.wait_for_subscribers(CHANNEL, 1);
+    let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+}
+
+#[test]
+fn the_sqlite_backend_runs_the_same_flow() {
+    let shop = Shop::start(
+        "sqlite",
+        RunnerOptions {
+            backend: Backend::Sqlite,
+            ..RunnerOptions::default()
+        },
+    );
+    let before = shop.runner.available("SPIN-MUG");
+    let order_id = shop.place("SPIN-MUG", 2, APPROVED_CARD);
+    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(shop.runner.available("SPIN-MUG"), before - 2);
+    assert_eq!(emails_to_order(&shop.mail, &order_id).len(), 1);
+}
