@@ -135,7 +135,10 @@ async fn notify(kv: &SpinKeyValue, order: &mut Order) -> anyhow::Result<()> {
                 }
             }
             Delivery::Transient { status, message } => {
-                let reason = format!("{provider} answered {status}: {message}");
+                let reason = match status {
+                    0 => format!("{provider} unreachable: {message}"),
+                    _ => format!("{provider} answered {status}: {message}"),
+                };
                 eprintln!(
                     "fulfilment: {} attempt {attempt} failed: {reason}",
                     order.id

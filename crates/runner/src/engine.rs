@@ -1,0 +1,104 @@
+//! The Wasmtime engine, the linker with every host interface, and compiled components
+//! cached on disk (keyed by the wasm's hash and the Wasmtime version).
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine};
+
+use crate::host::InstanceState;
+
+pub fn engine() -> Result<Engine> {
+    Engine::new(&Config::new())
+        .map_err(anyhow::Error::from)
+        .context("creating the Wasmtime engine")
+}
+
+/// WASI 0.2, outbound `wasi:http`, and Spin's interfaces.
+pub fn linker(engine: &Engine) -> Result<Linker<InstanceState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    crate::host::add_to_linker(&mut linker)?;
+    Ok(linker)
+}
+
+/// Compiles `source` once: later runs load the machine code from `cache_dir`.
+pub fn load_component(
+    engine: &Engine,
+    id: &str,
+    source: &Path,
+    cache_dir: &Path,
+) -> Result<Component> {
+    let wasm = std::fs::read(source).with_context(|| {
+        format!(
+            "component {id:?}: reading {} (built yet? `make build`)",
+            source.display()
+        )
+    })?;
+    let key = hex::encode(
+        Sha256::new()
+            .chain_update(&wasm)
+            .chain_update(engine_fingerprint(engine).to_le_bytes())
+            .finalize(),
+    );
+    let cached = cache_dir.join(format!("{key}.cwasm"));
+    if cached.exists() {
+        // SAFETY: the file was written by `Component::serialize` of a compatible engine
+        // (its fingerprint is part of the name), in a directory this runner owns.
+        match unsafe { Component::deserialize_file(engine, &cached) } {
+            Ok(component) => {
+                tracing::info!(component = id, "loaded compiled component from cache");
+                return Ok(component);
+            }
+            Err(e) => tracing::warn!(component = id, "ignoring unusable cache entry: {e:#}"),
+        }
+    }
+    let started = std::time::Instant::now();
+    let component = Component::new(engine, &wasm)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("compiling component {id:?}"))?;
+    tracing::info!(
+        component = id,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "compiled component"
+    );
+    if let Err(e) = store_in_cache(&component, cache_dir, &cached) {
+        tracing::warn!(
+            component = id,
+            "could not cache the compiled component: {e:#}"
+        );
+    }
+    Ok(component)
+}
+
+fn store_in_cache(component: &Component, cache_dir: &Path, path: &Path) -> Result<()> {
+    std::fs::create_dir_all(cache_dir)?;
+    // Write then rename, so a concurrent runner never reads half a file.
+    let temp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&temp, component.serialize()?)?;
+    std::fs::rename(&temp, path)?;
+    Ok(())
+}
+
+/// Changes whenever the engine (Wasmtime version, settings, CPU features) would
+/// produce incompatible machine code.
+fn engine_fingerprint(engine: &Engine) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    engine.precompile_compatibility_hash().hash(&mut hasher);
+    hasher.finish()
+}
+
+pub fn instance_pre(
+    linker: &Linker<InstanceState>,
+    component: &Component,
+    id: &str,
+) -> Result<InstancePre<InstanceState>> {
+    linker
+        .instantiate_pre(component)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("component {id:?} imports something this runner does not provide"))
+}

@@ -1,0 +1,363 @@
+//! Key-value backends, storing data the way Spin's do so the app is tested against both:
+//! Redis (`INCRBY`: counters are ASCII decimal) and SQLite (Spin's default store: one
+//! table, counters as 8-byte little-endian integers).
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use redis::AsyncCommands;
+
+/// Why a key-value operation failed; becomes the interface's `other(string)` error.
+pub type KvError = String;
+
+#[derive(Clone)]
+pub enum Backend {
+    Redis(RedisStore),
+    Sqlite(SqliteStore),
+}
+
+impl Backend {
+    pub async fn redis(url: &str) -> Result<Backend> {
+        let client = redis::Client::open(url).with_context(|| format!("redis url {url:?}"))?;
+        // Connects lazily and reconnects after a Redis restart.
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_number_of_retries(2)
+            .set_max_delay(std::time::Duration::from_millis(500));
+        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
+            .with_context(|| format!("redis key-value store at {url}"))?;
+        Ok(Backend::Redis(RedisStore { client, manager }))
+    }
+
+    pub fn sqlite(path: &Path, label: &str) -> Result<Backend> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let conn = rusqlite::Connection::open(path)
+            .with_context(|| format!("opening SQLite store {}", path.display()))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE IF NOT EXISTS spin_key_value (
+                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                 PRIMARY KEY (store, key));",
+        )?;
+        Ok(Backend::Sqlite(SqliteStore {
+            conn: Arc::new(Mutex::new(conn)),
+            label: label.to_owned(),
+        }))
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
+        match self {
+            Backend::Redis(r) => r.manager.clone().get(key).await.map_err(redis_error),
+            Backend::Sqlite(s) => {
+                let key = key.to_owned();
+                s.with(move |c, label| get_row(c, label, &key)).await
+            }
+        }
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
+        match self {
+            Backend::Redis(r) => r.manager.clone().set(key, value).await.map_err(redis_error),
+            Backend::Sqlite(s) => {
+                let (key, value) = (key.to_owned(), value.to_vec());
+                s.with(move |c, label| put_row(c, label, &key, &value))
+                    .await
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), KvError> {
+        match self {
+            Backend::Redis(r) => r
+                .manager
+                .clone()
+                .del::<_, i64>(key)
+                .await
+                .map(drop)
+                .map_err(redis_error),
+            Backend::Sqlite(s) => {
+                let key = key.to_owned();
+                s.with(move |c, label| {
+                    c.execute(
+                        "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                        rusqlite::params![label, key],
+                    )
+                    .map(drop)
+                })
+                .await
+            }
+        }
+    }
+
+    pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
+        match self {
+            Backend::Redis(r) => r.manager.clone().exists(key).await.map_err(redis_error),
+            Backend::Sqlite(_) => Ok(self.get(key).await?.is_some()),
+        }
+    }
+
+    pub async fn keys(&self) -> Result<Vec<String>, KvError> {
+        match self {
+            Backend::Redis(r) => r.manager.clone().keys("*").await.map_err(redis_error),
+            Backend::Sqlite(s) => {
+                s.with(|c, label| {
+                    let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
+                    let keys = stmt
+                        .query_map([label], |row| row.get::<_, String>(0))?
+                        .collect::<rusqlite::Result<Vec<_>>>();
+                    keys
+                })
+                .await
+            }
+        }
+    }
+
+    /// Atomically adds `delta` to the counter at `key` (absent = 0).
+    pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
+        match self {
+            Backend::Redis(r) => r
+                .manager
+                .clone()
+                .incr(key, delta)
+                .await
+                .map_err(redis_error),
+            Backend::Sqlite(s) => {
+                let key = key.to_owned();
+                s.with(move |c, label| {
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    let current = match get_row(&tx, label, &key)? {
+                        None => 0,
+                        Some(bytes) => {
+                            i64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                                rusqlite::Error::InvalidColumnType(
+                                    0,
+                                    "8-byte counter".into(),
+                                    rusqlite::types::Type::Blob,
+                                )
+                            })?)
+                        }
+                    };
+                    let next = current
+                        .checked_add(delta)
+                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, delta))?;
+                    put_row(&tx, label, &key, &next.to_le_bytes())?;
+                    tx.commit()?;
+                    Ok(next)
+                })
+                .await
+            }
+        }
+    }
+
+    /// Stores `value` only if `key` still holds `expected` (None = absent). Returns
+    /// whether it did: a lost race is `false`, never reported as success.
+    pub async fn compare_and_swap(
+        &self,
+        key: &str,
+        expected: Option<&[u8]>,
+        value: &[u8],
+    ) -> Result<bool, KvError> {
+        match self {
+            Backend::Redis(r) => {
+                // A Lua script runs atomically in Redis: compare and set in one step.
+                let script = redis::Script::new(
+                    r"local current = redis.call('GET', KEYS[1])
+                      if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
+                        redis.call('SET', KEYS[1], ARGV[3])
+                        return 1
+                      end
+                      return 0",
+                );
+                let swapped: i64 = script
+                    .key(key)
+                    .arg(if expected.is_some() { "1" } else { "0" })
+                    .arg(expected.unwrap_or_default())
+                    .arg(value)
+                    .invoke_async(&mut r.manager.clone())
+                    .await
+                    .map_err(redis_error)?;
+                Ok(swapped == 1)
+            }
+            Backend::Sqlite(s) => {
+                let (key, expected, value) =
+                    (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
+                s.with(move |c, label| {
+                    let tx =
+                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                    if get_row(&tx, label, &key)? != expected {
+                        return Ok(false);
+                    }
+                    put_row(&tx, label, &key, &value)?;
+                    tx.commit()?;
+                    Ok(true)
+                })
+                .await
+            }
+        }
+    }
+
+    /// A human description for logs (no credentials).
+    pub fn describe(&self) -> String {
+        match self {
+            Backend::Redis(r) => {
+                let info = r.client.get_connection_info();
+                format!("redis {:?}", info.addr())
+            }
+            Backend::Sqlite(_) => "sqlite".to_owned(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct RedisStore {
+    client: redis::Client,
+    manager: redis::aio::ConnectionManager,
+}
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    conn: Arc<Mutex<rusqlite::Connection>>,
+    label: String,
+}
+
+impl SqliteStore {
+    /// Runs `f` on the connection off the async runtime's threads.
+    async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut rusqlite::Connection, &str) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, KvError> {
+        let conn = self.conn.clone();
+        let label = self.label.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = conn.lock().unwrap_or_else(|e| e.into_inner());
+            f(&mut conn, &label)
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("sqlite: {e}"))
+    }
+}
+
+fn get_row(c: &rusqlite::Connection, label: &str, key: &str) -> rusqlite::Result<Option<Vec<u8>>> {
+    use rusqlite::OptionalExtension;
+    c.query_row(
+        "SELECT value FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        rusqlite::params![label, key],
+        |row| row.get(0),
+    )
+    .optional()
+}
+
+fn put_row(c: &rusqlite::Connection, label: &str, key: &str, value: &[u8]) -> rusqlite::Result<()> {
+    c.execute(
+        "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
+         ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
+        rusqlite::params![label, key, value],
+    )
+    .map(drop)
+}
+
+fn redis_error(e: redis::RedisError) -> KvError {
+    format!("redis: {e}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_db() -> (std::path::PathBuf, Backend) {
+        let path = std::env::temp_dir().join(format!(
+            "spin-runner-kv-{}-{:?}.db",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let backend = Backend::sqlite(&path, "default").unwrap();
+        (path, backend)
+    }
+
+    #[tokio::test]
+    async fn sqlite_counters_are_8_byte_little_endian() {
+        let (path, kv) = temp_db();
+        assert_eq!(kv.increment("c", 5).await.unwrap(), 5);
+        assert_eq!(kv.increment("c", -7).await.unwrap(), -2);
+        assert_eq!(kv.get("c").await.unwrap().unwrap(), (-2i64).to_le_bytes());
+        kv.set("plain", b"12").await.unwrap();
+        assert!(kv.increment("plain", 1).await.is_err());
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test]
+    async fn sqlite_compare_and_swap_detects_a_lost_race() {
+        let (path, kv) = temp_db();
+        assert!(kv.compare_and_swap("k", None, b"a").await.unwrap());
+        assert!(!kv.compare_and_swap("k", None, b"b").await.unwrap());
+        assert!(kv.compare_and_swap("k", Some(b"a"), b"b").await.unwrap());
+        assert!(!kv.compare_and_swap("k", Some(b"a"), b"c").await.unwrap());
+        assert_eq!(kv.get("k").await.unwrap().unwrap(), b"b");
+        assert_eq!(kv.keys().await.unwrap(), ["k"]);
+        kv.delete("k").await.unwrap();
+        assert!(!kv.exists("k").await.unwrap());
+        let _ = std::fs::remove_file(path);
+    }
+
+    /// A real redis-server on a free port, killed on drop.
+    struct RedisServer(std::process::Child, u16);
+
+    impl RedisServer {
+        fn start() -> RedisServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .expect("redis-server (apt install redis-server)");
+            for _ in 0..200 {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            RedisServer(child, port)
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn redis_counters_are_ascii_decimal_and_cas_is_real() {
+        let server = RedisServer::start();
+        let kv = Backend::redis(&format!("redis://127.0.0.1:{}", server.1))
+            .await
+            .unwrap();
+        assert_eq!(kv.increment("c", 42).await.unwrap(), 42);
+        assert_eq!(kv.get("c").await.unwrap().unwrap(), b"42");
+        assert!(kv.compare_and_swap("k", None, b"a").await.unwrap());
+        assert!(!kv.compare_and_swap("k", None, b"x").await.unwrap());
+        assert!(!kv.compare_and_swap("k", Some(b"z"), b"x").await.unwrap());
+        assert!(kv.compare_and_swap("k", Some(b"a"), b"b").await.unwrap());
+        assert_eq!(kv.get("k").await.unwrap().unwrap(), b"b");
+    }
+}

@@ -1,0 +1,251 @@
+//! `spin-runner up`: runs a Spin application (`spin.toml` + `runtime-config.toml`) on
+//! Wasmtime, for machines where Spin's CLI cannot be installed. It implements what this
+//! shop uses, with Spin's semantics, and refuses the rest by name.
+
+mod app;
+mod engine;
+mod host;
+mod http_trigger;
+mod kv;
+mod logging;
+mod manifest;
+mod outbound;
+mod redis_trigger;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tokio::sync::watch;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+use crate::app::{AppConfig, Overrides};
+use crate::host::redis_trigger::RedisTriggerPre;
+use crate::host::{ComponentRuntime, RedisConnections};
+use crate::manifest::KeyValueStoreConfig;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Runs a Spin application on Wasmtime (a local stand-in for `spin up`)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the application's triggers, like `spin up`.
+    Up(UpArgs),
+}
+
+#[derive(Args)]
+struct UpArgs {
+    /// The manifest, or a directory holding spin.toml.
+    #[arg(short = 'f', long = "from", default_value = "spin.toml")]
+    from: PathBuf,
+    /// Address of the HTTP trigger.
+    #[arg(long, default_value = "127.0.0.1:3000")]
+    listen: String,
+    /// Runtime configuration (key-value stores).
+    #[arg(long)]
+    runtime_config_file: Option<PathBuf>,
+    /// Environment variable for every component: KEY=VALUE.
+    #[arg(short = 'e', long = "env", value_parser = key_value)]
+    env: Vec<(String, String)>,
+    /// Application variable value: NAME=VALUE (beats SPIN_VARIABLE_NAME and defaults).
+    #[arg(long = "variable", value_parser = key_value)]
+    variables: Vec<(String, String)>,
+    /// Run only these components and their triggers (repeatable).
+    #[arg(long = "component-id")]
+    component_ids: Vec<String>,
+}
+
+fn key_value(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let Command::Up(args) = Cli::parse().command;
+    match up(args).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let manifest_path = if args.from.is_dir() {
+        args.from.join("spin.toml")
+    } else {
+        args.from.clone()
+    };
+    let app = AppConfig::load(
+        &manifest_path,
+        Overrides {
+            variables: &args.variables,
+            environment: &args.env,
+            component_ids: &args.component_ids,
+            runtime_config: args.runtime_config_file.as_deref(),
+        },
+    )?;
+    tracing::info!("running application {:?}", app.name);
+    if app.http_routes.is_empty() && app.redis_subscriptions.is_empty() {
+        bail!("nothing to run: no trigger for the selected components");
+    }
+
+    let mut backends = HashMap::new();
+    for (label, config) in &app.key_value_stores {
+        let backend = match config {
+            KeyValueStoreConfig::Redis { url } => kv::Backend::redis(url).await?,
+            KeyValueStoreConfig::Sqlite { path } => kv::Backend::sqlite(
+                PathBuf::from(path.as_deref().unwrap_or_default()).as_path(),
+                label,
+            )?,
+        };
+        tracing::info!("key-value store {label:?}: {}", backend.describe());
+        backends.insert(label.clone(), backend);
+    }
+
+    let engine = engine::engine()?;
+    let linker = engine::linker(&engine)?;
+    let cache_dir = app.state_dir.join("cache");
+    let redis_connections = Arc::new(RedisConnections::default());
+    let mut runtimes = BTreeMap::new();
+    let mut pres = BTreeMap::new();
+    for (id, c) in &app.components {
+        let stores = c
+            .key_value_stores
+            .iter()
+            .map(|label| (label.clone(), backends[label].clone()))
+            .collect();
+        runtimes.insert(
+            id.clone(),
+            Arc::new(ComponentRuntime {
+                id: id.clone(),
+                variables: c.variables.clone(),
+                allowed_hosts: c.allowed_hosts.clone(),
+                stores,
+                redis_connections: redis_connections.clone(),
+                environment: c.environment.clone(),
+            }),
+        );
+        let component = engine::load_component(&engine, id, &c.source, &cache_dir)?;
+        pres.insert(id.clone(), engine::instance_pre(&linker, &component, id)?);
+    }
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    if !app.http_routes.is_empty() {
+        let mut routes = Vec::new();
+        for r in &app.http_routes {
+            let pre = ProxyPre::new(pres[&r.component].clone())
+                .map_err(anyhow::Error::from)
+                .with_context(|| format!("component {:?} is not an HTTP component", r.component))?;
+            routes.push(http_trigger::Route {
+                raw: r.route.clone(),
+                pattern: http_trigger::RoutePattern::parse(&r.route),
+                component: runtimes[&r.component].clone(),
+                pre,
+            });
+        }
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .with_context(|| format!("listening on {}", args.listen))?;
+        let addr = listener.local_addr()?;
+        println!("Serving http://{addr}");
+        println!("Available Routes:");
+        for r in &app.http_routes {
+            println!(
+                "  {}: http://{addr}{}",
+                r.component,
+                r.route.trim_end_matches("/...")
+            );
+            if r.route.ends_with("/...") {
+                println!("    (wildcard)");
+            }
+        }
+        let mut rx = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            let stop = async move {
+                let _ = rx.changed().await;
+            };
+            if let Err(e) = http_trigger::serve(listener, routes, stop).await {
+                tracing::error!("http trigger: {e:#}");
+            }
+        }));
+    }
+
+    let mut ready = Vec::new();
+    for (address, channels) in &app.redis_subscriptions {
+        let mut handlers: BTreeMap<String, Vec<Arc<redis_trigger::Handler>>> = BTreeMap::new();
+        for (channel, components) in channels {
+            for id in components {
+                let pre = RedisTriggerPre::new(pres[id].clone())
+                    .map_err(anyhow::Error::from)
+                    .with_context(|| format!("component {id:?} is not a Redis component"))?;
+                handlers.entry(channel.clone()).or_default().push(Arc::new(
+                    redis_trigger::Handler {
+                        component: runtimes[id].clone(),
+                        pre,
+                    },
+                ));
+            }
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        ready.push(rx);
+        tasks.push(tokio::spawn(redis_trigger::run(
+            address.clone(),
+            handlers,
+            tx,
+            shutdown_rx.clone(),
+        )));
+    }
+
+    let signals = shutdown_signal();
+    tokio::pin!(signals);
+    let all_ready = futures::future::join_all(ready);
+    tokio::select! {
+        _ = all_ready => println!("spin-runner: ready"),
+        () = &mut signals => {
+            let _ = shutdown_tx.send(true);
+            return Ok(());
+        }
+    }
+    signals.await;
+    println!("spin-runner: shutting down");
+    let _ = shutdown_tx.send(true);
+    let grace = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        futures::future::join_all(tasks),
+    );
+    let _ = grace.await;
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

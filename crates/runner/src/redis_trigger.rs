@@ -1,0 +1,150 @@
+//! Spin's Redis trigger: SUBSCRIBE to every channel mapped to a component, and run each
+//! message in a fresh instance of each of them. Like Spin, a failed handler is only
+//! logged (no retry, no acknowledgement). Unlike a bare subscriber, a lost connection
+//! (a Redis restart) is retried with capped exponential backoff, and the log says so.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::watch;
+use wasmtime::Store;
+
+use crate::host::redis_trigger::RedisTriggerPre;
+use crate::host::{ComponentRuntime, InstanceState};
+
+pub struct Handler {
+    pub component: Arc<ComponentRuntime>,
+    pub pre: RedisTriggerPre<InstanceState>,
+}
+
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// Subscribes at `address` and dispatches until `shutdown` turns true. `ready` is told
+/// once the first subscription is in place.
+pub async fn run(
+    address: String,
+    channels: BTreeMap<String, Vec<Arc<Handler>>>,
+    ready: tokio::sync::oneshot::Sender<()>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let shown = redact(&address);
+    let names: Vec<&String> = channels.keys().collect();
+    let mut ready = Some(ready);
+    let mut delay = FIRST_RETRY;
+    let mut was_connected = false;
+    loop {
+        match subscribe(&address, &names).await {
+            Ok(mut pubsub) => {
+                if was_connected {
+                    tracing::warn!(
+                        "redis trigger: reconnected to {shown}, subscribed again to {names:?}"
+                    );
+                } else {
+                    println!("Subscribed to channel(s) {names:?} at {shown}");
+                }
+                was_connected = true;
+                delay = FIRST_RETRY;
+                if let Some(ready) = ready.take() {
+                    let _ = ready.send(());
+                }
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => dispatch(&channels, message),
+                            None => break,
+                        },
+                        _ = shutdown.changed() => return,
+                    }
+                }
+                tracing::warn!("redis trigger: lost the connection to {shown}; reconnecting");
+            }
+            Err(e) => tracing::warn!(
+                "redis trigger: cannot subscribe at {shown}: {e}; retrying in {} ms",
+                delay.as_millis()
+            ),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+        delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+async fn subscribe(address: &str, channels: &[&String]) -> redis::RedisResult<redis::aio::PubSub> {
+    let client = redis::Client::open(address)?;
+    let mut pubsub = client.get_async_pubsub().await?;
+    for channel in channels {
+        pubsub.subscribe(channel.as_str()).await?;
+    }
+    Ok(pubsub)
+}
+
+fn dispatch(channels: &BTreeMap<String, Vec<Arc<Handler>>>, message: redis::Msg) {
+    let channel = message.get_channel_name().to_owned();
+    let Some(handlers) = channels.get(&channel) else {
+        return;
+    };
+    let payload: Arc<[u8]> = message.get_payload_bytes().into();
+    for handler in handlers {
+        let handler = handler.clone();
+        let payload = payload.clone();
+        let channel = channel.clone();
+        tokio::spawn(async move {
+            let id = handler.component.id.clone();
+            let started = std::time::Instant::now();
+            match handle(&handler, &payload).await {
+                Ok(()) => tracing::info!(
+                    component = id,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "message on {channel} handled"
+                ),
+                Err(e) => tracing::error!(component = id, "message on {channel} failed: {e:#}"),
+            }
+        });
+    }
+}
+
+/// One message in a fresh instance.
+async fn handle(handler: &Handler, payload: &[u8]) -> anyhow::Result<()> {
+    let mut store = Store::new(
+        handler.pre.engine(),
+        InstanceState::new(handler.component.clone()),
+    );
+    let instance = handler.pre.instantiate_async(&mut store).await?;
+    match instance
+        .fermyon_spin_inbound_redis()
+        .call_handle_message(&mut store, &payload.to_vec())
+        .await?
+    {
+        Ok(()) => Ok(()),
+        Err(e) => anyhow::bail!("handler returned {e:?}"),
+    }
+}
+
+/// The address without a password, for logs.
+fn redact(address: &str) -> String {
+    match (address.split_once("://"), address.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &address[at + 1..]),
+        _ => address.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(
+            super::redact("redis://:secret@host:6379"),
+            "redis://***@host:6379"
+        );
+        assert_eq!(
+            super::redact("redis://127.0.0.1:6379"),
+            "redis://127.0.0.1:6379"
+        );
+    }
+}
