@@ -237,14 +237,18 @@ impl Redis {
             body.truncate(len as usize);
             return Ok(String::from_utf8_lossy(&body).into_owned());
         }
-        if line.starts_with('*') {
-            // Arrays: return the remaining lines joined, enough for NUMSUB and friends.
+        if let Some(count) = line.strip_prefix('*') {
+            // Arrays: one line per element (a bulk string's length line is skipped),
+            // enough for NUMSUB and friends.
             let mut rest = String::new();
-            let count: usize = line[1..].parse().unwrap_or(0);
-            for _ in 0..count * 2 {
-                let mut l = String::new();
-                reader.read_line(&mut l)?;
-                rest.push_str(l.trim_end());
+            for _ in 0..count.parse::<usize>().unwrap_or(0) {
+                let mut element = String::new();
+                reader.read_line(&mut element)?;
+                if element.starts_with('$') {
+                    element.clear();
+                    reader.read_line(&mut element)?;
+                }
+                rest.push_str(element.trim_end());
                 rest.push('\n');
             }
             return Ok(rest);
@@ -294,22 +298,10 @@ impl Redis {
         let reader_stream = stream.try_clone().expect("clone stream");
         std::thread::spawn(move || {
             let mut reader = BufReader::new(reader_stream);
-            // Each push is an array: *3, $7 message, $n channel, $m payload.
-            let mut lines: Vec<String> = Vec::new();
-            loop {
-                let mut line = String::new();
-                match reader.read_line(&mut line) {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                lines.push(line.trim_end().to_owned());
-                if lines.len() >= 7 && lines[lines.len() - 7] == "*3" {
-                    let kind = &lines[lines.len() - 5];
-                    if kind == "message" {
-                        let payload = lines[lines.len() - 1].clone();
-                        sink.lock().unwrap().push(payload);
-                    }
-                    lines.clear();
+            // Each push is an array: ["message", channel, payload] (or "subscribe", ...).
+            while let Ok(push) = read_array(&mut reader) {
+                if push.len() == 3 && push[0] == "message" {
+                    sink.lock().unwrap().push(push[2].clone());
                 }
             }
         });
@@ -320,6 +312,34 @@ impl Redis {
         self.wait_for_subscribers(channel, 1);
         captured
     }
+}
+
+/// Reads one RESP array of bulk strings and integers.
+fn read_array(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut header = String::new();
+    if reader.read_line(&mut header)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let count: usize = header
+        .trim_end()
+        .trim_start_matches('*')
+        .parse()
+        .unwrap_or(0);
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        let line = line.trim_end();
+        if let Some(len) = line.strip_prefix('$') {
+            let mut data = vec![0u8; len.parse::<usize>().unwrap_or(0) + 2];
+            reader.read_exact(&mut data)?;
+            data.truncate(data.len() - 2);
+            items.push(String::from_utf8_lossy(&data).into_owned());
+        } else {
+            items.push(line.trim_start_matches(':').to_owned());
+        }
+    }
+    Ok(items)
 }
 
 /// Messages seen on a channel by [`Redis::capture`].
