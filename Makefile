@@ -4,13 +4,14 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build test lint up clean
+.PHONY: help setup build test lint up bench clean
 
 help:
 	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
 	@echo "make test   - install what is missing, build, and run all tests"
 	@echo "make build  - build checkout.wasm and fulfilment.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
+	@echo "make bench  - throughput/latency figures of the shop under the local runner"
 
 setup:
 	./scripts/setup.sh
@@ -29,6 +30,9 @@ lint:
 
 up: setup build
 	./scripts/up.sh
+
+bench: setup build
+	./scripts/bench.sh
 
 clean:
 	cargo clean

@@ -45,6 +45,11 @@ fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// The Spin-compatible runner's binary.
+pub fn runner_binary() -> PathBuf {
+    binary("spin-runner")
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -494,7 +499,7 @@ impl Runner {
         ];
         variables.extend(options.extra_variables);
 
-        let mut command = Command::new(binary("spin-runner"));
+        let mut command = Command::new(runner_binary());
         command
             .arg("up")
             .arg("--from")
@@ -510,10 +515,25 @@ impl Runner {
         for component in options.components {
             command.arg("--component-id").arg(component);
         }
-        let name = format!("runner-{port}");
-        let mut process = Process::spawn(&name, &mut command, scratch.path());
         let serves_http = options.components.is_empty() || options.components.contains(&"checkout");
-        let base_url = format!("http://127.0.0.1:{port}");
+        Self::spawn(scratch, command, port, serves_http)
+    }
+
+    /// Runs another manifest, without variables or runtime config.
+    pub fn start_manifest(scratch: &Scratch, manifest: &Path, port: u16) -> Runner {
+        let mut command = Command::new(runner_binary());
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(manifest)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"));
+        Self::spawn(scratch, command, port, true)
+    }
+
+    /// Starts the runner; with an HTTP trigger, waits until it accepts connections.
+    fn spawn(scratch: &Scratch, mut command: Command, port: u16, serves_http: bool) -> Runner {
+        let mut process = Process::spawn(&format!("runner-{port}"), &mut command, scratch.path());
         if serves_http {
             let deadline = Instant::now() + Duration::from_secs(120);
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -526,7 +546,10 @@ impl Runner {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
-        Runner { base_url, process }
+        Runner {
+            base_url: format!("http://127.0.0.1:{port}"),
+            process,
+        }
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {

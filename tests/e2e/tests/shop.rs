@@ -43,6 +43,19 @@ impl Shop {
     }
 }
 
+/// A runner with just one of the components, like a separately deployed replica.
+fn only(scratch: &Scratch, redis: &Redis, mail: &DevMail, component: &str) -> Runner {
+    Runner::start(
+        scratch,
+        redis,
+        mail,
+        RunnerOptions {
+            components: &[component],
+            ..RunnerOptions::default()
+        },
+    )
+}
+
 fn settled(order: &Value) -> bool {
     order["status"] != "accepted" && order["notification"]["state"] != "pending"
 }
@@ -271,15 +284,7 @@ fn duplicate_events_and_two_replicas_do_the_work_once() {
     let scratch = Scratch::new("duplicates");
     let redis = Redis::start(&scratch);
     let mail = DevMail::start(&scratch);
-    let checkout = Runner::start(
-        &scratch,
-        &redis,
-        &mail,
-        RunnerOptions {
-            components: &["checkout"],
-            ..RunnerOptions::default()
-        },
-    );
+    let checkout = only(&scratch, &redis, &mail, "checkout");
     let events = redis.capture(CHANNEL);
     let before = checkout.available("LIMITED-PRINT");
     let reply = checkout.post_json(
@@ -294,24 +299,8 @@ fn duplicate_events_and_two_replicas_do_the_work_once() {
     assert_eq!(checkout.available("LIMITED-PRINT"), before - 1);
 
     // Two fulfilment replicas, and the event delivered twice to each.
-    let _replica_a = Runner::start(
-        &scratch,
-        &redis,
-        &mail,
-        RunnerOptions {
-            components: &["fulfilment"],
-            ..RunnerOptions::default()
-        },
-    );
-    let _replica_b = Runner::start(
-        &scratch,
-        &redis,
-        &mail,
-        RunnerOptions {
-            components: &["fulfilment"],
-            ..RunnerOptions::default()
-        },
-    );
+    let _replica_a = only(&scratch, &redis, &mail, "fulfilment");
+    let _replica_b = only(&scratch, &redis, &mail, "fulfilment");
     redis.wait_for_subscribers(CHANNEL, 3); // two replicas + this test's capture
     assert_eq!(redis.publish(CHANNEL, &event), 3);
     assert_eq!(redis.publish(CHANNEL, &event), 3);
@@ -329,15 +318,7 @@ fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() 
     let scratch = Scratch::new("redrive");
     let redis = Redis::start(&scratch);
     let mail = DevMail::start(&scratch);
-    let checkout = Runner::start(
-        &scratch,
-        &redis,
-        &mail,
-        RunnerOptions {
-            components: &["checkout"],
-            ..RunnerOptions::default()
-        },
-    );
+    let checkout = only(&scratch, &redis, &mail, "checkout");
     let order_ids: Vec<String> = (0..3)
         .map(|_| {
             let reply = checkout.post_json(
@@ -351,15 +332,7 @@ fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() 
         .collect();
 
     // Published into the void: nobody listened, Redis dropped the messages.
-    let fulfilment = Runner::start(
-        &scratch,
-        &redis,
-        &mail,
-        RunnerOptions {
-            components: &["fulfilment"],
-            ..RunnerOptions::default()
-        },
-    );
+    let fulfilment = only(&scratch, &redis, &mail, "fulfilment");
     redis.wait_for_subscribers(CHANNEL, 1);
     std::thread::sleep(Duration::from_millis(500));
     for id in &order_ids {
