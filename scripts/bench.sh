@@ -33,7 +33,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 cargo build --bins --locked -p devmail -p spin-runner >&2
-redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --loglevel warning &
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=("$!")
 until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 
