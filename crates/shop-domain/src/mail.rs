@@ -398,7 +398,7 @@ impl RetryPolicy {
         }
         let backoff = self
             .base_delay_ms
-            .saturating_mul(1 << (attempt - 1).min(16));
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
         let wanted = backoff.max(retry_after_secs.unwrap_or(0).saturating_mul(1_000));
         Some(wanted.min(self.max_delay_ms))
     }
