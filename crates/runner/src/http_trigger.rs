@@ -90,7 +90,11 @@ fn best_match<'a>(routes: &'a [Route], path: &str) -> Option<(&'a Route, String)
         .max_by_key(|(r, _)| r.pattern.specificity())
 }
 
-/// Serves requests on `listener` until `shutdown` resolves.
+/// How long in-flight requests may take to finish once shutdown begins.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves requests on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish (up to [`DRAIN`]).
 pub async fn serve(
     listener: TcpListener,
     routes: Vec<Route>,
@@ -98,26 +102,41 @@ pub async fn serve(
 ) -> Result<()> {
     let routes = Arc::new(routes);
     let local = listener.local_addr()?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: keep serving the others.
+                    tracing::warn!("http trigger: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             () = &mut shutdown => break,
         };
         let routes = routes.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let routes = routes.clone();
+            async move { Ok::<_, Infallible>(handle(&routes, req, peer, local).await) }
+        });
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let routes = routes.clone();
-                async move { Ok::<_, Infallible>(handle(&routes, req, peer, local).await) }
-            });
-            if let Err(e) = http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            if let Err(e) = connection.await {
                 tracing::debug!("connection from {peer}: {e}");
             }
         });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("http trigger: requests still running after {DRAIN:?}; stopping anyway");
     }
     Ok(())
 }

@@ -232,11 +232,9 @@ async fn up(args: UpArgs) -> Result<()> {
     signals.await;
     println!("spin-runner: shutting down");
     let _ = shutdown_tx.send(true);
-    let grace = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        futures::future::join_all(tasks),
-    );
-    let _ = grace.await;
+    // The HTTP trigger drains in-flight requests (bounded); the Redis subscribers stop
+    // taking messages.
+    futures::future::join_all(tasks).await;
     Ok(())
 }
 
