@@ -97,7 +97,10 @@ fn sigterm_stops_the_runner_cleanly() {
     let scratch = Scratch::new("sigterm");
     let manifest = write_app(&scratch, "");
     let mut runner = Runner::start_manifest(&scratch, &manifest, free_port());
-    let healthy = http().get(format!("{}/api/products", runner.base_url)).send().unwrap();
+    let healthy = http()
+        .get(format!("{}/api/products", runner.base_url))
+        .send()
+        .unwrap();
     assert_eq!(healthy.status().as_u16(), 200);
     // `stop` sends SIGTERM and only kills if the runner is still there after 5 s.
     let status = runner.process.stop().expect("exit status");
