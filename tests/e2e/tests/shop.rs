@@ -491,3 +491,54 @@ fn the_sqlite_backend_runs_the_same_flow() {
     assert_eq!(shop.runner.available("SPIN-MUG"), before - 2);
     assert_eq!(emails_to_order(&shop.mail, &order_id).len(), 1);
 }
+
+#[test]
+fn every_mail_provider_delivers_or_reports_the_refusal() {
+    for provider in ["resend", "postmark", "sendgrid", "mailpit"] {
+        let shop = Shop::start(
+            &format!("provider-{provider}"),
+            RunnerOptions {
+                extra_variables: vec![("mail_provider".into(), provider.into())],
+                ..RunnerOptions::default()
+            },
+        );
+        let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+        let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+        assert_eq!(
+            order["notification"]["state"], "sent",
+            "{provider}: {order}"
+        );
+        assert_eq!(order["notification"]["provider"], provider);
+        let emails = emails_to_order(&shop.mail, &order_id);
+        assert_eq!(emails.len(), 1, "{provider}");
+        assert_eq!(emails[0]["provider"], provider);
+        assert_eq!(emails[0]["to"], json!(["ada@example.com"]));
+    }
+    // Each provider's own unverified-sender refusal ends up on the order, word for word.
+    for (provider, words) in [
+        ("postmark", "is not a verified sender signature"),
+        ("sendgrid", "does not match a verified Sender Identity"),
+    ] {
+        let shop = Shop::start(
+            &format!("refusal-{provider}"),
+            RunnerOptions {
+                mail_from: "orders@unverified.example".to_owned(),
+                extra_variables: vec![("mail_provider".into(), provider.into())],
+                ..RunnerOptions::default()
+            },
+        );
+        let order_id = shop.place("SPIN-MUG", 1, APPROVED_CARD);
+        let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+        assert_eq!(
+            order["notification"]["state"], "failed",
+            "{provider}: {order}"
+        );
+        let reason = order["notification"]["reason"].as_str().unwrap();
+        assert!(reason.contains(words), "{provider}: {reason}");
+        assert_eq!(
+            shop.mail.requests().len(),
+            1,
+            "{provider} retried a refusal"
+        );
+    }
+}
