@@ -1,7 +1,7 @@
 //! The application as it will run: the manifest with variables resolved, the selected
 //! components, their triggers, and the key-value stores they may open.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -37,6 +37,10 @@ pub struct AppConfig {
     /// Redis address -> channel -> components.
     pub redis_subscriptions: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
+    /// Every store label the application knows (runtime config, `default`, and labels
+    /// any component of the manifest names): opening one of these without permission
+    /// is `access-denied`, any other label is `no-such-store`.
+    pub known_store_labels: BTreeSet<String>,
     /// Where `.spin/` (default SQLite store, compile cache) lives: the manifest's dir.
     pub state_dir: PathBuf,
 }
@@ -191,7 +195,15 @@ impl AppConfig {
             }
         }
 
+        let mut known_store_labels: BTreeSet<String> =
+            runtime.key_value_store.keys().cloned().collect();
+        known_store_labels.insert("default".to_owned());
+        for decl in manifest.component.values() {
+            known_store_labels.extend(decl.key_value_stores.iter().cloned());
+        }
+
         Ok(AppConfig {
+            known_store_labels,
             name: manifest.application.name.clone(),
             components,
             http_routes,

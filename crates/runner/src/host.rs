@@ -15,6 +15,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::kv::Backend;
 use crate::outbound::{AllowedHosts, OutboundHooks};
+use crate::redis_conn::{retrying, Repeat};
 
 wasmtime::component::bindgen!({
     path: "wit",
@@ -68,6 +69,8 @@ pub struct ComponentRuntime {
     pub allowed_hosts: AllowedHosts,
     /// The stores this component may open, by label.
     pub stores: HashMap<String, Backend>,
+    /// Every label the application knows (to tell `access-denied` from `no-such-store`).
+    pub known_store_labels: Arc<std::collections::BTreeSet<String>>,
     pub redis_connections: Arc<RedisConnections>,
     pub environment: Vec<(String, String)>,
 }
@@ -82,11 +85,7 @@ impl RedisConnections {
         if let Some(c) = connections.get(address) {
             return Ok(c.clone());
         }
-        let client = redis::Client::open(address)?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(std::time::Duration::from_millis(500));
-        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client, config)?;
+        let (_, manager) = crate::redis_conn::manager(address)?;
         connections.insert(address.to_owned(), manager.clone());
         Ok(manager)
     }
@@ -118,7 +117,11 @@ impl InstanceState {
 
     fn open_store(&mut self, label: &str) -> Result<Resource<KeyValueStore>, StoreOpenError> {
         let Some(backend) = self.component.stores.get(label) else {
-            tracing::warn!(component = %self.component.id, label, "key-value store not allowed for this component");
+            if !self.component.known_store_labels.contains(label) {
+                tracing::warn!(component = %self.component.id, label, "key-value store open: no such store");
+                return Err(StoreOpenError::NoSuchStore);
+            }
+            tracing::warn!(component = %self.component.id, label, "key-value store open: not in the component's key_value_stores");
             return Err(StoreOpenError::AccessDenied);
         };
         let store = KeyValueStore {
@@ -135,6 +138,7 @@ impl InstanceState {
 }
 
 enum StoreOpenError {
+    NoSuchStore,
     AccessDenied,
     Other(String),
 }
@@ -175,6 +179,7 @@ impl key_value::HostStore for InstanceState {
         label: String,
     ) -> wasmtime::Result<Result<Resource<KeyValueStore>, key_value::Error>> {
         Ok(self.open_store(&label).map_err(|e| match e {
+            StoreOpenError::NoSuchStore => key_value::Error::NoSuchStore,
             StoreOpenError::AccessDenied => key_value::Error::AccessDenied,
             StoreOpenError::Other(e) => key_value::Error::Other(e),
         }))
@@ -242,6 +247,7 @@ impl wasi_store::Host for InstanceState {
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<KeyValueStore>, wasi_store::Error>> {
         Ok(self.open_store(&identifier).map_err(|e| match e {
+            StoreOpenError::NoSuchStore => wasi_store::Error::NoSuchStore,
             StoreOpenError::AccessDenied => wasi_store::Error::AccessDenied,
             StoreOpenError::Other(e) => wasi_store::Error::Other(e),
         }))
@@ -449,6 +455,29 @@ impl variables::Host for InstanceState {
 
 // ---- fermyon:spin/redis@2.0.0 (outbound) -------------------------------------------
 
+impl InstanceState {
+    fn redis(
+        &self,
+        conn: &Resource<RedisConnection>,
+    ) -> wasmtime::Result<redis::aio::ConnectionManager> {
+        Ok(self.table.get(conn)?.connection.clone())
+    }
+}
+
+/// Sends one outbound Redis command on the connection's shared, reconnecting link.
+async fn redis_query<T: redis::FromRedisValue>(
+    connection: redis::aio::ConnectionManager,
+    repeat: Repeat,
+    cmd: redis::Cmd,
+) -> redis::RedisResult<T> {
+    retrying(repeat, || {
+        let mut connection = connection.clone();
+        let cmd = cmd.clone();
+        async move { cmd.query_async(&mut connection).await }
+    })
+    .await
+}
+
 impl redis_types::Host for InstanceState {}
 
 impl outbound_redis::Host for InstanceState {}
@@ -474,12 +503,9 @@ impl outbound_redis::HostConnection for InstanceState {
         channel: String,
         payload: Vec<u8>,
     ) -> wasmtime::Result<Result<(), outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        let result: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(&channel)
-            .arg(payload)
-            .query_async(&mut c)
-            .await;
+        let mut cmd = redis::cmd("PUBLISH");
+        cmd.arg(&channel).arg(payload);
+        let result = redis_query::<i64>(self.redis(&conn)?, Repeat::Once, cmd).await;
         tracing::debug!(component = %self.component.id, channel, ?result, "outbound Redis PUBLISH");
         Ok(result.map(drop).map_err(other))
     }
@@ -489,10 +515,9 @@ impl outbound_redis::HostConnection for InstanceState {
         conn: Resource<RedisConnection>,
         key: String,
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("GET")
-            .arg(key)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("GET");
+        cmd.arg(key);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Idempotent, cmd)
             .await
             .map_err(other))
     }
@@ -503,13 +528,13 @@ impl outbound_redis::HostConnection for InstanceState {
         key: String,
         value: Vec<u8>,
     ) -> wasmtime::Result<Result<(), outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("SET")
-            .arg(key)
-            .arg(value)
-            .query_async::<()>(&mut c)
-            .await
-            .map_err(other))
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value);
+        Ok(
+            redis_query::<()>(self.redis(&conn)?, Repeat::Idempotent, cmd)
+                .await
+                .map_err(other),
+        )
     }
 
     async fn incr(
@@ -517,10 +542,9 @@ impl outbound_redis::HostConnection for InstanceState {
         conn: Resource<RedisConnection>,
         key: String,
     ) -> wasmtime::Result<Result<i64, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("INCR")
-            .arg(key)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("INCR");
+        cmd.arg(key);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Once, cmd)
             .await
             .map_err(|e| {
                 if e.kind() == redis::ErrorKind::UnexpectedReturnType
@@ -538,10 +562,9 @@ impl outbound_redis::HostConnection for InstanceState {
         conn: Resource<RedisConnection>,
         keys: Vec<String>,
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("DEL");
+        cmd.arg(keys);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Once, cmd)
             .await
             .map_err(other))
     }
@@ -552,11 +575,9 @@ impl outbound_redis::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("SADD")
-            .arg(key)
-            .arg(values)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("SADD");
+        cmd.arg(key).arg(values);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Once, cmd)
             .await
             .map_err(other))
     }
@@ -566,10 +587,9 @@ impl outbound_redis::HostConnection for InstanceState {
         conn: Resource<RedisConnection>,
         key: String,
     ) -> wasmtime::Result<Result<Vec<String>, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("SMEMBERS")
-            .arg(key)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("SMEMBERS");
+        cmd.arg(key);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Idempotent, cmd)
             .await
             .map_err(other))
     }
@@ -580,11 +600,9 @@ impl outbound_redis::HostConnection for InstanceState {
         key: String,
         values: Vec<String>,
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
-        Ok(redis::cmd("SREM")
-            .arg(key)
-            .arg(values)
-            .query_async(&mut c)
+        let mut cmd = redis::cmd("SREM");
+        cmd.arg(key).arg(values);
+        Ok(redis_query(self.redis(&conn)?, Repeat::Once, cmd)
             .await
             .map_err(other))
     }
@@ -595,7 +613,6 @@ impl outbound_redis::HostConnection for InstanceState {
         command: String,
         arguments: Vec<outbound_redis::RedisParameter>,
     ) -> wasmtime::Result<Result<Vec<outbound_redis::RedisResult>, outbound_redis::Error>> {
-        let mut c = self.table.get(&conn)?.connection.clone();
         let mut cmd = redis::cmd(&command);
         for argument in arguments {
             match argument {
@@ -603,15 +620,16 @@ impl outbound_redis::HostConnection for InstanceState {
                 outbound_redis::RedisParameter::Binary(b) => cmd.arg(b),
             };
         }
-        Ok(cmd
-            .query_async::<redis::Value>(&mut c)
-            .await
-            .map(|value| {
-                let mut results = Vec::new();
-                flatten_reply(value, &mut results);
-                results
-            })
-            .map_err(other))
+        Ok(
+            redis_query::<redis::Value>(self.redis(&conn)?, Repeat::Once, cmd)
+                .await
+                .map(|value| {
+                    let mut results = Vec::new();
+                    flatten_reply(value, &mut results);
+                    results
+                })
+                .map_err(other),
+        )
     }
 
     async fn drop(&mut self, conn: Resource<RedisConnection>) -> wasmtime::Result<()> {
@@ -638,6 +656,17 @@ fn flatten_reply(value: redis::Value, out: &mut Vec<outbound_redis::RedisResult>
                 flatten_reply(item, out);
             }
         }
+        // RESP3 replies, given back as RESP2 would have given them.
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                flatten_reply(k, out);
+                flatten_reply(v, out);
+            }
+        }
+        redis::Value::Attribute { data, .. } => flatten_reply(*data, out),
+        redis::Value::Double(d) => out.push(R::Binary(d.to_string().into_bytes())),
+        redis::Value::Boolean(b) => out.push(R::Int64(b.into())),
+        redis::Value::VerbatimString { text, .. } => out.push(R::Binary(text.into_bytes())),
         other => out.push(R::Binary(format!("{other:?}").into_bytes())),
     }
 }

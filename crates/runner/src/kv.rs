@@ -8,6 +8,8 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
 
+use crate::redis_conn::{retrying, Repeat, Repeat::Idempotent};
+
 /// Why a key-value operation failed; becomes the interface's `other(string)` error.
 pub type KvError = String;
 
@@ -19,13 +21,9 @@ pub enum Backend {
 
 impl Backend {
     pub async fn redis(url: &str) -> Result<Backend> {
-        let client = redis::Client::open(url).with_context(|| format!("redis url {url:?}"))?;
         // Connects lazily and reconnects after a Redis restart.
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_number_of_retries(2)
-            .set_max_delay(std::time::Duration::from_millis(500));
-        let manager = redis::aio::ConnectionManager::new_lazy_with_config(client.clone(), config)
-            .with_context(|| format!("redis key-value store at {url}"))?;
+        let (client, manager) = crate::redis_conn::manager(url)
+            .with_context(|| format!("redis key-value store url {:?}", redact(url)))?;
         Ok(Backend::Redis(RedisStore { client, manager }))
     }
 
@@ -50,7 +48,10 @@ impl Backend {
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         match self {
-            Backend::Redis(r) => r.manager.clone().get(key).await.map_err(redis_error),
+            Backend::Redis(r) => {
+                r.run(Idempotent, |mut c| async move { c.get(key).await })
+                    .await
+            }
             Backend::Sqlite(s) => {
                 let key = key.to_owned();
                 s.with(move |c, label| get_row(c, label, &key)).await
@@ -60,7 +61,10 @@ impl Backend {
 
     pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
         match self {
-            Backend::Redis(r) => r.manager.clone().set(key, value).await.map_err(redis_error),
+            Backend::Redis(r) => {
+                r.run(Idempotent, |mut c| async move { c.set(key, value).await })
+                    .await
+            }
             Backend::Sqlite(s) => {
                 let (key, value) = (key.to_owned(), value.to_vec());
                 s.with(move |c, label| put_row(c, label, &key, &value))
@@ -72,12 +76,12 @@ impl Backend {
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         match self {
             Backend::Redis(r) => r
-                .manager
-                .clone()
-                .del::<_, i64>(key)
+                .run(
+                    Idempotent,
+                    |mut c| async move { c.del::<_, i64>(key).await },
+                )
                 .await
-                .map(drop)
-                .map_err(redis_error),
+                .map(drop),
             Backend::Sqlite(s) => {
                 let key = key.to_owned();
                 s.with(move |c, label| {
@@ -94,14 +98,20 @@ impl Backend {
 
     pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
         match self {
-            Backend::Redis(r) => r.manager.clone().exists(key).await.map_err(redis_error),
+            Backend::Redis(r) => {
+                r.run(Idempotent, |mut c| async move { c.exists(key).await })
+                    .await
+            }
             Backend::Sqlite(_) => Ok(self.get(key).await?.is_some()),
         }
     }
 
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
         match self {
-            Backend::Redis(r) => r.manager.clone().keys("*").await.map_err(redis_error),
+            Backend::Redis(r) => {
+                r.run(Idempotent, |mut c| async move { c.keys("*").await })
+                    .await
+            }
             Backend::Sqlite(s) => {
                 s.with(|c, label| {
                     let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
@@ -118,12 +128,13 @@ impl Backend {
     /// Atomically adds `delta` to the counter at `key` (absent = 0).
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         match self {
-            Backend::Redis(r) => r
-                .manager
-                .clone()
-                .incr(key, delta)
-                .await
-                .map_err(redis_error),
+            // INCRBY: the counter is the ASCII decimal Redis keeps. Reading it (delta 0)
+            // may be repeated after a dropped connection; changing it may not.
+            Backend::Redis(r) => {
+                let repeat = if delta == 0 { Idempotent } else { Repeat::Once };
+                r.run(repeat, |mut c| async move { c.incr(key, delta).await })
+                    .await
+            }
             Backend::Sqlite(s) => {
                 let key = key.to_owned();
                 s.with(move |c, label| {
@@ -172,14 +183,18 @@ impl Backend {
                       end
                       return 0",
                 );
-                let swapped: i64 = script
-                    .key(key)
-                    .arg(if expected.is_some() { "1" } else { "0" })
-                    .arg(expected.unwrap_or_default())
-                    .arg(value)
-                    .invoke_async(&mut r.manager.clone())
-                    .await
-                    .map_err(redis_error)?;
+                let script = &script;
+                let swapped: i64 = r
+                    .run(Repeat::Once, |mut c| async move {
+                        script
+                            .key(key)
+                            .arg(if expected.is_some() { "1" } else { "0" })
+                            .arg(expected.unwrap_or_default())
+                            .arg(value)
+                            .invoke_async(&mut c)
+                            .await
+                    })
+                    .await?;
                 Ok(swapped == 1)
             }
             Backend::Sqlite(s) => {
@@ -216,6 +231,27 @@ impl Backend {
 pub struct RedisStore {
     client: redis::Client,
     manager: redis::aio::ConnectionManager,
+}
+
+impl RedisStore {
+    /// Runs one command on the shared connection (see [`crate::redis_conn::retrying`]).
+    async fn run<'a, T, F, Fut>(&self, repeat: Repeat, command: F) -> Result<T, KvError>
+    where
+        F: Fn(redis::aio::ConnectionManager) -> Fut,
+        Fut: std::future::Future<Output = redis::RedisResult<T>> + 'a,
+    {
+        retrying(repeat, || command(self.manager.clone()))
+            .await
+            .map_err(redis_error)
+    }
+}
+
+/// The URL without its password, for messages.
+fn redact(url: &str) -> String {
+    match (url.split_once("://"), url.rfind('@')) {
+        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
+        _ => url.to_owned(),
+    }
 }
 
 #[derive(Clone)]

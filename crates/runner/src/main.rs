@@ -10,6 +10,7 @@ mod kv;
 mod logging;
 mod manifest;
 mod outbound;
+mod redis_conn;
 mod redis_trigger;
 
 use std::collections::{BTreeMap, HashMap};
@@ -127,6 +128,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let linker = engine::linker(&engine)?;
     let cache_dir = app.state_dir.join("cache");
     let redis_connections = Arc::new(RedisConnections::default());
+    let known_store_labels = Arc::new(app.known_store_labels.clone());
     let mut runtimes = BTreeMap::new();
     let mut pres = BTreeMap::new();
     for (id, c) in &app.components {
@@ -142,6 +144,7 @@ async fn up(args: UpArgs) -> Result<()> {
                 variables: c.variables.clone(),
                 allowed_hosts: c.allowed_hosts.clone(),
                 stores,
+                known_store_labels: known_store_labels.clone(),
                 redis_connections: redis_connections.clone(),
                 environment: c.environment.clone(),
             }),
@@ -173,14 +176,17 @@ async fn up(args: UpArgs) -> Result<()> {
         println!("Serving http://{addr}");
         println!("Available Routes:");
         for r in &app.http_routes {
+            // As `spin up` prints them: `  checkout: http://127.0.0.1:3000/api (wildcard)`.
+            let wildcard = if r.route.ends_with("...") {
+                " (wildcard)"
+            } else {
+                ""
+            };
             println!(
-                "  {}: http://{addr}{}",
+                "  {}: http://{addr}{}{wildcard}",
                 r.component,
-                r.route.trim_end_matches("/...")
+                r.route.trim_end_matches("...").trim_end_matches('/')
             );
-            if r.route.ends_with("/...") {
-                println!("    (wildcard)");
-            }
         }
         let mut rx = shutdown_rx.clone();
         tasks.push(tokio::spawn(async move {

@@ -35,6 +35,8 @@ pub async fn run(
     let mut ready = Some(ready);
     let mut delay = FIRST_RETRY;
     let mut was_connected = false;
+    // Handlers still running; on shutdown they get [`DRAIN`] to finish.
+    let mut in_flight = tokio::task::JoinSet::new();
     loop {
         match subscribe(&address, &names).await {
             Ok(mut pubsub) => {
@@ -54,10 +56,11 @@ pub async fn run(
                 loop {
                     tokio::select! {
                         message = messages.next() => match message {
-                            Some(message) => dispatch(&channels, message),
+                            Some(message) => dispatch(&channels, message, &mut in_flight),
                             None => break,
                         },
-                        _ = shutdown.changed() => return,
+                        Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                        _ = shutdown.changed() => return drain(in_flight).await,
                     }
                 }
                 tracing::warn!("redis trigger: lost the connection to {shown}; reconnecting");
@@ -69,9 +72,19 @@ pub async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return drain(in_flight).await,
         }
         delay = (delay * 2).min(MAX_RETRY);
+    }
+}
+
+/// How long in-flight messages may take to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
+
+async fn drain(mut in_flight: tokio::task::JoinSet<()>) {
+    let all = async { while in_flight.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN, all).await.is_err() {
+        tracing::warn!("redis trigger: handlers still running after {DRAIN:?}; stopping anyway");
     }
 }
 
@@ -84,7 +97,11 @@ async fn subscribe(address: &str, channels: &[&String]) -> redis::RedisResult<re
     Ok(pubsub)
 }
 
-fn dispatch(channels: &BTreeMap<String, Vec<Arc<Handler>>>, message: redis::Msg) {
+fn dispatch(
+    channels: &BTreeMap<String, Vec<Arc<Handler>>>,
+    message: redis::Msg,
+    in_flight: &mut tokio::task::JoinSet<()>,
+) {
     let channel = message.get_channel_name().to_owned();
     let Some(handlers) = channels.get(&channel) else {
         return;
@@ -94,7 +111,7 @@ fn dispatch(channels: &BTreeMap<String, Vec<Arc<Handler>>>, message: redis::Msg)
         let handler = handler.clone();
         let payload = payload.clone();
         let channel = channel.clone();
-        tokio::spawn(async move {
+        in_flight.spawn(async move {
             let id = handler.component.id.clone();
             let started = std::time::Instant::now();
             match handle(&handler, &payload).await {
