@@ -298,4 +298,149 @@ source = "c.wasm"
         let unknown = [("nope".to_owned(), "x".to_owned())];
         assert!(resolve_app_variables(&m, &unknown, &env).is_err());
     }
+
+    /// Writes `manifest` (and optionally a runtime config) into a fresh directory.
+    fn app_dir(name: &str, manifest: &str, runtime: Option<&str>) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("spin-runner-app-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("spin.toml"), manifest).unwrap();
+        if let Some(runtime) = runtime {
+            std::fs::write(dir.join("rc.toml"), runtime).unwrap();
+        }
+        dir
+    }
+
+    fn load(dir: &Path, runtime: bool, ids: &[String]) -> Result<AppConfig> {
+        let rc = dir.join("rc.toml");
+        AppConfig::load(
+            &dir.join("spin.toml"),
+            Overrides {
+                variables: &[("token".to_owned(), "t0k".to_owned())],
+                environment: &[("EXTRA".to_owned(), "1".to_owned())],
+                component_ids: ids,
+                runtime_config: runtime.then_some(rc.as_path()),
+            },
+        )
+    }
+
+    const APP: &str = r#"
+spin_manifest_version = 2
+[application]
+name = "a"
+[application.trigger.redis]
+address = "redis://{{ host }}:6379"
+[variables]
+host = { default = "127.0.0.1" }
+channel = { default = "orders" }
+token = { required = true, secret = true }
+[[trigger.http]]
+route = "/api/..."
+component = "web"
+[[trigger.redis]]
+channel = "{{ channel }}"
+component = "worker"
+[[trigger.redis]]
+channel = "other"
+address = "redis://10.0.0.1:6380"
+component = "worker"
+[component.web]
+source = "web.wasm"
+key_value_stores = ["default"]
+allowed_outbound_hosts = ["redis://{{ redis_host }}:6379"]
+environment = { MODE = "test" }
+[component.web.variables]
+redis_host = "{{ host }}"
+token = "Bearer {{ token }}"
+[component.worker]
+source = "worker.wasm"
+key_value_stores = ["default", "cache"]
+"#;
+
+    #[test]
+    fn templates_triggers_stores_and_selection() {
+        let dir = app_dir(
+            "full",
+            APP,
+            Some("[key_value_store.cache]\ntype = \"spin\"\npath = \"cache.db\"\n"),
+        );
+        let app = load(&dir, true, &[]).unwrap();
+        let web = &app.components["web"];
+        assert_eq!(web.variables["token"], "Bearer t0k");
+        assert_eq!(web.variables["redis_host"], "127.0.0.1");
+        assert!(web.allowed_hosts.allows_url("redis://127.0.0.1:6379"));
+        assert!(!web.allowed_hosts.allows_url("redis://10.0.0.1:6379"));
+        assert_eq!(web.source, dir.join("web.wasm"));
+        assert!(web
+            .environment
+            .contains(&("MODE".to_owned(), "test".to_owned())));
+        assert!(web
+            .environment
+            .contains(&("EXTRA".to_owned(), "1".to_owned())));
+        // The app-level default address, templated; a trigger's own address wins.
+        assert_eq!(
+            app.redis_subscriptions["redis://127.0.0.1:6379"]["orders"],
+            ["worker"]
+        );
+        assert_eq!(
+            app.redis_subscriptions["redis://10.0.0.1:6380"]["other"],
+            ["worker"]
+        );
+        // `default` unconfigured: Spin's SQLite file under .spin/ by the manifest.
+        match &app.key_value_stores["default"] {
+            KeyValueStoreConfig::Sqlite { path } => assert_eq!(
+                path.as_deref(),
+                Some(
+                    dir.join(".spin/sqlite_key_value.db")
+                        .display()
+                        .to_string()
+                        .as_str()
+                )
+            ),
+            other => panic!("{other:?}"),
+        }
+        // A configured `spin` store: relative to the runtime config file.
+        match &app.key_value_stores["cache"] {
+            KeyValueStoreConfig::Sqlite { path } => assert_eq!(
+                path.as_deref(),
+                Some(dir.join("cache.db").display().to_string().as_str())
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(app.known_store_labels.contains("cache"));
+
+        // --component-id web: only its route, no Redis subscription, no `cache` store.
+        let app = load(&dir, true, &["web".to_owned()]).unwrap();
+        assert_eq!(app.http_routes.len(), 1);
+        assert!(app.redis_subscriptions.is_empty());
+        assert!(!app.key_value_stores.contains_key("cache"));
+        assert!(
+            app.known_store_labels.contains("cache"),
+            "still access-denied, not no-such-store"
+        );
+        assert!(load(&dir, true, &["nope".to_owned()]).is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn an_unconfigured_store_label_is_a_startup_error() {
+        let dir = app_dir("nostore", APP, None);
+        let err = format!("{:#}", load(&dir, false, &[]).unwrap_err());
+        assert!(err.contains("\"cache\""), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn templates_must_name_declared_variables() {
+        let dir = app_dir(
+            "undeclared",
+            &APP.replace("\"Bearer {{ token }}\"", "\"{{ missing }}\""),
+            Some("[key_value_store.cache]\ntype = \"spin\"\n"),
+        );
+        let err = format!("{:#}", load(&dir, true, &[]).unwrap_err());
+        assert!(err.contains("missing"), "{err}");
+        assert!(!err.contains("t0k"), "secret leaked: {err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -488,7 +488,11 @@ impl outbound_redis::HostConnection for InstanceState {
         address: String,
     ) -> wasmtime::Result<Result<Resource<RedisConnection>, outbound_redis::Error>> {
         if !self.component.allowed_hosts.allows_url(&address) {
-            tracing::warn!(component = %self.component.id, address, "outbound Redis denied: not in allowed_outbound_hosts");
+            tracing::warn!(
+                component = %self.component.id,
+                address = crate::redis_conn::redact(&address),
+                "outbound Redis denied: not in allowed_outbound_hosts"
+            );
             return Ok(Err(outbound_redis::Error::InvalidAddress));
         }
         match self.component.redis_connections.get(&address).await {

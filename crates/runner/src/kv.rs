@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
 
-use crate::redis_conn::{retrying, Repeat, Repeat::Idempotent};
+use crate::redis_conn::{redact, retrying, Repeat, Repeat::Idempotent};
 
 /// Why a key-value operation failed; becomes the interface's `other(string)` error.
 pub type KvError = String;
@@ -246,14 +246,6 @@ impl RedisStore {
     }
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 #[derive(Clone)]
 pub struct SqliteStore {
     conn: Arc<Mutex<rusqlite::Connection>>,
@@ -351,6 +343,10 @@ mod tests {
                 .local_addr()
                 .unwrap()
                 .port();
+            RedisServer::start_on(port)
+        }
+
+        fn start_on(port: u16) -> RedisServer {
             let child = std::process::Command::new("redis-server")
                 .args([
                     "--port",
@@ -395,5 +391,90 @@ mod tests {
         assert!(!kv.compare_and_swap("k", Some(b"z"), b"x").await.unwrap());
         assert!(kv.compare_and_swap("k", Some(b"a"), b"b").await.unwrap());
         assert_eq!(kv.get("k").await.unwrap().unwrap(), b"b");
+    }
+
+    /// Many concurrent read-modify-write loops over CAS: no update may be lost.
+    async fn concurrent_cas_loses_nothing(kv: Backend) {
+        const TASKS: i64 = 16;
+        const EACH: i64 = 10;
+        let mut tasks = Vec::new();
+        for _ in 0..TASKS {
+            let kv = kv.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut conflicts = 0;
+                for _ in 0..EACH {
+                    loop {
+                        let snapshot = kv.get("n").await.unwrap();
+                        let current = snapshot
+                            .as_deref()
+                            .map_or(0, |b| i64::from_le_bytes(b.try_into().unwrap()));
+                        let next = (current + 1).to_le_bytes();
+                        if kv
+                            .compare_and_swap("n", snapshot.as_deref(), &next)
+                            .await
+                            .unwrap()
+                        {
+                            break;
+                        }
+                        conflicts += 1;
+                    }
+                }
+                conflicts
+            }));
+        }
+        let mut conflicts = 0;
+        for t in tasks {
+            conflicts += t.await.unwrap();
+        }
+        let total = i64::from_le_bytes(kv.get("n").await.unwrap().unwrap().try_into().unwrap());
+        assert_eq!(total, TASKS * EACH, "({conflicts} conflicts detected)");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sqlite_concurrent_cas_loses_no_update() {
+        let (path, kv) = temp_db();
+        concurrent_cas_loses_nothing(kv).await;
+        let _ = std::fs::remove_file(path);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn redis_concurrent_cas_and_increment_lose_no_update() {
+        let server = RedisServer::start();
+        let kv = Backend::redis(&format!("redis://127.0.0.1:{}", server.1))
+            .await
+            .unwrap();
+        concurrent_cas_loses_nothing(kv.clone()).await;
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let kv = kv.clone();
+                tokio::spawn(async move { kv.increment("counter", 2).await.unwrap() })
+            })
+            .collect();
+        let mut seen = Vec::new();
+        for t in tasks {
+            seen.push(t.await.unwrap());
+        }
+        seen.sort();
+        assert_eq!(seen, (1..=50).map(|i| i * 2).collect::<Vec<i64>>());
+        assert_eq!(kv.increment("counter", 0).await.unwrap(), 100);
+        assert_eq!(kv.increment("missing", 0).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn redis_store_reconnects_after_a_restart() {
+        let mut server = RedisServer::start();
+        let port = server.1;
+        let kv = Backend::redis(&format!("redis://127.0.0.1:{port}"))
+            .await
+            .unwrap();
+        kv.set("k", b"v").await.unwrap();
+        let _ = server.0.kill();
+        let _ = server.0.wait();
+        assert!(kv.get("k").await.is_err(), "redis is down");
+        server = RedisServer::start_on(port);
+        // The first command after the restart already works.
+        assert_eq!(kv.get("k").await.unwrap(), None);
+        assert_eq!(kv.increment("c", 1).await.unwrap(), 1);
+        drop(server);
     }
 }

@@ -237,4 +237,52 @@ mod tests {
             assert!(AllowedHosts::parse(&[bad.to_string()]).is_err(), "{bad}");
         }
     }
+
+    fn request(uri: &str) -> http::Request<wasmtime_wasi_http::WasiBody> {
+        use http_body_util::{BodyExt, Empty};
+        http::Request::builder()
+            .uri(uri)
+            .body(
+                Empty::<bytes::Bytes>::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn denied_outbound_http_is_http_request_denied() {
+        use wasmtime_wasi_http::WasiHttpHooks;
+        let mut hooks = OutboundHooks::new("c".into(), hosts(&["http://127.0.0.1:8025"]));
+        for denied in [
+            "https://evil.example/steal",
+            "http://127.0.0.1:8026/api",
+            "https://127.0.0.1:8025/api",
+        ] {
+            let sent = hooks.send_request(request(denied), None, Box::new(async { Ok(()) }));
+            let result = Box::into_pin(sent).await;
+            assert!(
+                matches!(result, Err(wasmtime_wasi_http::Error::HttpRequestDenied)),
+                "{denied}"
+            );
+        }
+        // Allowed: really sent (nothing listens on a fresh port: refused, not denied).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut hooks =
+            OutboundHooks::new("c".into(), hosts(&[&format!("http://127.0.0.1:{port}")]));
+        let sent = hooks.send_request(
+            request(&format!("http://127.0.0.1:{port}/x")),
+            None,
+            Box::new(async { Ok(()) }),
+        );
+        let result = Box::into_pin(sent).await;
+        assert!(
+            !matches!(result, Err(wasmtime_wasi_http::Error::HttpRequestDenied)),
+            "allowed request was denied"
+        );
+    }
 }

@@ -13,6 +13,7 @@ use wasmtime::Store;
 
 use crate::host::redis_trigger::RedisTriggerPre;
 use crate::host::{ComponentRuntime, InstanceState};
+use crate::redis_conn::redact;
 
 pub struct Handler {
     pub component: Arc<ComponentRuntime>,
@@ -140,28 +141,5 @@ async fn handle(handler: &Handler, payload: &[u8]) -> anyhow::Result<()> {
     {
         Ok(()) => Ok(()),
         Err(e) => anyhow::bail!("handler returned {e:?}"),
-    }
-}
-
-/// The address without a password, for logs.
-fn redact(address: &str) -> String {
-    match (address.split_once("://"), address.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://***@{}", &address[at + 1..]),
-        _ => address.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_not_logged() {
-        assert_eq!(
-            super::redact("redis://:secret@host:6379"),
-            "redis://***@host:6379"
-        );
-        assert_eq!(
-            super::redact("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
     }
 }
