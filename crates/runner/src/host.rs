@@ -465,16 +465,27 @@ impl InstanceState {
 }
 
 /// Sends one outbound Redis command on the connection's shared, reconnecting link.
+/// The one place every outbound Redis command goes through (and its host span).
 async fn redis_query<T: redis::FromRedisValue>(
     connection: redis::aio::ConnectionManager,
     repeat: Repeat,
     cmd: redis::Cmd,
 ) -> redis::RedisResult<T> {
+    use tracing::Instrument;
+    let command = cmd
+        .args_iter()
+        .next()
+        .map(|arg| match arg {
+            redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+            _ => String::new(),
+        })
+        .unwrap_or_default();
     retrying(repeat, || {
         let mut connection = connection.clone();
         let cmd = cmd.clone();
         async move { cmd.query_async(&mut connection).await }
     })
+    .instrument(tracing::debug_span!("outbound_redis", command))
     .await
 }
 

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use tokio::net::TcpListener;
+use tracing::Instrument;
 use wasmtime::Store;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -155,7 +156,10 @@ async fn handle(
     let component = route.component.id.clone();
     add_spin_headers(&mut req, route, &path_info, peer, local);
     let method = req.method().clone();
-    let response = match run(route, req).await {
+    // The trigger's span: where an OpenTelemetry server span (`GET /api/...`) hangs;
+    // everything the component does (host calls, its output) is logged inside it.
+    let span = tracing::info_span!("http", component = %component, route = %route.raw);
+    let response = match run(route, req).instrument(span).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(component, "{method} {path}: component failed: {e:#}");
@@ -223,13 +227,16 @@ async fn run(
     let out = store.data_mut().http().new_response_outparam(sender)?;
     let pre = route.pre.clone();
     // The guest may keep running (streaming the body) after it has set the response.
-    let task = tokio::spawn(async move {
-        let proxy = pre.instantiate_async(&mut store).await?;
-        proxy
-            .wasi_http_incoming_handler()
-            .call_handle(&mut store, req, out)
-            .await
-    });
+    let task = tokio::spawn(
+        async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        }
+        .instrument(tracing::Span::current()),
+    );
     match receiver.await {
         Ok(Ok(response)) => Ok(response),
         Ok(Err(code)) => anyhow::bail!("component answered with error code {code:?}"),

@@ -7,11 +7,18 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 use redis::AsyncCommands;
+use tracing::Instrument;
 
 use crate::redis_conn::{redact, retrying, Repeat, Repeat::Idempotent};
 
 /// Why a key-value operation failed; becomes the interface's `other(string)` error.
 pub type KvError = String;
+
+/// The span of one key-value operation: the one place a host span (e.g. OpenTelemetry's
+/// `spin_key_value.get`) hangs for both `fermyon:spin/key-value` and `wasi:keyvalue`.
+fn span(operation: &'static str, key: Option<&str>) -> tracing::Span {
+    tracing::debug_span!("key_value", operation, key)
+}
 
 #[derive(Clone)]
 pub enum Backend {
@@ -47,121 +54,146 @@ impl Backend {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        match self {
-            Backend::Redis(r) => {
-                r.run(Idempotent, |mut c| async move { c.get(key).await })
-                    .await
-            }
-            Backend::Sqlite(s) => {
-                let key = key.to_owned();
-                s.with(move |c, label| get_row(c, label, &key)).await
+        async {
+            match self {
+                Backend::Redis(r) => {
+                    r.run(Idempotent, |mut c| async move { c.get(key).await })
+                        .await
+                }
+                Backend::Sqlite(s) => {
+                    let key = key.to_owned();
+                    s.with(move |c, label| get_row(c, label, &key)).await
+                }
             }
         }
+        .instrument(span("get", Some(key)))
+        .await
     }
 
     pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        match self {
-            Backend::Redis(r) => {
-                r.run(Idempotent, |mut c| async move { c.set(key, value).await })
-                    .await
-            }
-            Backend::Sqlite(s) => {
-                let (key, value) = (key.to_owned(), value.to_vec());
-                s.with(move |c, label| put_row(c, label, &key, &value))
-                    .await
+        async {
+            match self {
+                Backend::Redis(r) => {
+                    r.run(Idempotent, |mut c| async move { c.set(key, value).await })
+                        .await
+                }
+                Backend::Sqlite(s) => {
+                    let (key, value) = (key.to_owned(), value.to_vec());
+                    s.with(move |c, label| put_row(c, label, &key, &value))
+                        .await
+                }
             }
         }
+        .instrument(span("set", Some(key)))
+        .await
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
-        match self {
-            Backend::Redis(r) => r
-                .run(
-                    Idempotent,
-                    |mut c| async move { c.del::<_, i64>(key).await },
-                )
-                .await
-                .map(drop),
-            Backend::Sqlite(s) => {
-                let key = key.to_owned();
-                s.with(move |c, label| {
-                    c.execute(
-                        "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                        rusqlite::params![label, key],
+        async {
+            match self {
+                Backend::Redis(r) => r
+                    .run(
+                        Idempotent,
+                        |mut c| async move { c.del::<_, i64>(key).await },
                     )
-                    .map(drop)
-                })
-                .await
+                    .await
+                    .map(drop),
+                Backend::Sqlite(s) => {
+                    let key = key.to_owned();
+                    s.with(move |c, label| {
+                        c.execute(
+                            "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                            rusqlite::params![label, key],
+                        )
+                        .map(drop)
+                    })
+                    .await
+                }
             }
         }
+        .instrument(span("delete", Some(key)))
+        .await
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
-        match self {
-            Backend::Redis(r) => {
-                r.run(Idempotent, |mut c| async move { c.exists(key).await })
-                    .await
+        async {
+            match self {
+                Backend::Redis(r) => {
+                    r.run(Idempotent, |mut c| async move { c.exists(key).await })
+                        .await
+                }
+                Backend::Sqlite(_) => Ok(self.get(key).await?.is_some()),
             }
-            Backend::Sqlite(_) => Ok(self.get(key).await?.is_some()),
         }
+        .instrument(span("exists", Some(key)))
+        .await
     }
 
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
-        match self {
-            Backend::Redis(r) => {
-                r.run(Idempotent, |mut c| async move { c.keys("*").await })
+        async {
+            match self {
+                Backend::Redis(r) => {
+                    r.run(Idempotent, |mut c| async move { c.keys("*").await })
+                        .await
+                }
+                Backend::Sqlite(s) => {
+                    s.with(|c, label| {
+                        let mut stmt =
+                            c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
+                        let keys = stmt
+                            .query_map([label], |row| row.get::<_, String>(0))?
+                            .collect::<rusqlite::Result<Vec<_>>>();
+                        keys
+                    })
                     .await
-            }
-            Backend::Sqlite(s) => {
-                s.with(|c, label| {
-                    let mut stmt = c.prepare("SELECT key FROM spin_key_value WHERE store = ?1")?;
-                    let keys = stmt
-                        .query_map([label], |row| row.get::<_, String>(0))?
-                        .collect::<rusqlite::Result<Vec<_>>>();
-                    keys
-                })
-                .await
+                }
             }
         }
+        .instrument(span("keys", None))
+        .await
     }
 
     /// Atomically adds `delta` to the counter at `key` (absent = 0).
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        match self {
-            // INCRBY: the counter is the ASCII decimal Redis keeps. Reading it (delta 0)
-            // may be repeated after a dropped connection; changing it may not.
-            Backend::Redis(r) => {
-                let repeat = if delta == 0 { Idempotent } else { Repeat::Once };
-                r.run(repeat, |mut c| async move { c.incr(key, delta).await })
+        async {
+            match self {
+                // INCRBY: the counter is the ASCII decimal Redis keeps. Reading it (delta 0)
+                // may be repeated after a dropped connection; changing it may not.
+                Backend::Redis(r) => {
+                    let repeat = if delta == 0 { Idempotent } else { Repeat::Once };
+                    r.run(repeat, |mut c| async move { c.incr(key, delta).await })
+                        .await
+                }
+                Backend::Sqlite(s) => {
+                    let key = key.to_owned();
+                    s.with(move |c, label| {
+                        let tx =
+                            c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                        let current = match get_row(&tx, label, &key)? {
+                            None => 0,
+                            Some(bytes) => {
+                                i64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
+                                    rusqlite::Error::InvalidColumnType(
+                                        0,
+                                        "8-byte counter".into(),
+                                        rusqlite::types::Type::Blob,
+                                    )
+                                })?)
+                            }
+                        };
+                        let next = current
+                            .checked_add(delta)
+                            .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, delta))?;
+                        put_row(&tx, label, &key, &next.to_le_bytes())?;
+                        tx.commit()?;
+                        Ok(next)
+                    })
                     .await
-            }
-            Backend::Sqlite(s) => {
-                let key = key.to_owned();
-                s.with(move |c, label| {
-                    let tx =
-                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    let current = match get_row(&tx, label, &key)? {
-                        None => 0,
-                        Some(bytes) => {
-                            i64::from_le_bytes(bytes.as_slice().try_into().map_err(|_| {
-                                rusqlite::Error::InvalidColumnType(
-                                    0,
-                                    "8-byte counter".into(),
-                                    rusqlite::types::Type::Blob,
-                                )
-                            })?)
-                        }
-                    };
-                    let next = current
-                        .checked_add(delta)
-                        .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, delta))?;
-                    put_row(&tx, label, &key, &next.to_le_bytes())?;
-                    tx.commit()?;
-                    Ok(next)
-                })
-                .await
+                }
             }
         }
+        .instrument(span("increment", Some(key)))
+        .await
     }
 
     /// Stores `value` only if `key` still holds `expected` (None = absent). Returns
@@ -172,47 +204,51 @@ impl Backend {
         expected: Option<&[u8]>,
         value: &[u8],
     ) -> Result<bool, KvError> {
-        match self {
-            Backend::Redis(r) => {
-                // A Lua script runs atomically in Redis: compare and set in one step.
-                let script = redis::Script::new(
-                    r"local current = redis.call('GET', KEYS[1])
-                      if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
-                        redis.call('SET', KEYS[1], ARGV[3])
-                        return 1
-                      end
-                      return 0",
-                );
-                let script = &script;
-                let swapped: i64 = r
-                    .run(Repeat::Once, |mut c| async move {
-                        script
-                            .key(key)
-                            .arg(if expected.is_some() { "1" } else { "0" })
-                            .arg(expected.unwrap_or_default())
-                            .arg(value)
-                            .invoke_async(&mut c)
-                            .await
+        async {
+            match self {
+                Backend::Redis(r) => {
+                    // A Lua script runs atomically in Redis: compare and set in one step.
+                    let script = redis::Script::new(
+                        r"local current = redis.call('GET', KEYS[1])
+                          if (ARGV[1] == '0' and current == false) or (ARGV[1] == '1' and current == ARGV[2]) then
+                            redis.call('SET', KEYS[1], ARGV[3])
+                            return 1
+                          end
+                          return 0",
+                    );
+                    let script = &script;
+                    let swapped: i64 = r
+                        .run(Repeat::Once, |mut c| async move {
+                            script
+                                .key(key)
+                                .arg(if expected.is_some() { "1" } else { "0" })
+                                .arg(expected.unwrap_or_default())
+                                .arg(value)
+                                .invoke_async(&mut c)
+                                .await
+                        })
+                        .await?;
+                    Ok(swapped == 1)
+                }
+                Backend::Sqlite(s) => {
+                    let (key, expected, value) =
+                        (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
+                    s.with(move |c, label| {
+                        let tx =
+                            c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+                        if get_row(&tx, label, &key)? != expected {
+                            return Ok(false);
+                        }
+                        put_row(&tx, label, &key, &value)?;
+                        tx.commit()?;
+                        Ok(true)
                     })
-                    .await?;
-                Ok(swapped == 1)
-            }
-            Backend::Sqlite(s) => {
-                let (key, expected, value) =
-                    (key.to_owned(), expected.map(<[u8]>::to_vec), value.to_vec());
-                s.with(move |c, label| {
-                    let tx =
-                        c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-                    if get_row(&tx, label, &key)? != expected {
-                        return Ok(false);
-                    }
-                    put_row(&tx, label, &key, &value)?;
-                    tx.commit()?;
-                    Ok(true)
-                })
-                .await
+                    .await
+                }
             }
         }
+        .instrument(span("compare_and_swap", Some(key)))
+        .await
     }
 
     /// A human description for logs (no credentials).

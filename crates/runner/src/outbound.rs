@@ -179,14 +179,20 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHooks {
             return Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) });
         }
         tracing::debug!(component = %self.component, method = %request.method(), %uri, "outbound HTTP");
-        Box::new(async move {
-            use http_body_util::BodyExt;
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            Ok((
-                response.map(BodyExt::boxed_unsync),
-                Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
-            ))
-        })
+        // The one place outbound HTTP goes through (and its host span).
+        let span = tracing::debug_span!("outbound_http", method = %request.method(), %uri);
+        Box::new(tracing::Instrument::instrument(
+            async move {
+                use http_body_util::BodyExt;
+                let (response, io) =
+                    wasmtime_wasi_http::default_send_request(request, options).await?;
+                Ok((
+                    response.map(BodyExt::boxed_unsync),
+                    Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
+                ))
+            },
+            span,
+        ))
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::watch;
+use tracing::Instrument;
 use wasmtime::Store;
 
 use crate::host::redis_trigger::RedisTriggerPre;
@@ -112,18 +113,24 @@ fn dispatch(
         let handler = handler.clone();
         let payload = payload.clone();
         let channel = channel.clone();
-        in_flight.spawn(async move {
-            let id = handler.component.id.clone();
-            let started = std::time::Instant::now();
-            match handle(&handler, &payload).await {
-                Ok(()) => tracing::info!(
-                    component = id,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "message on {channel} handled"
-                ),
-                Err(e) => tracing::error!(component = id, "message on {channel} failed: {e:#}"),
+        // The trigger's span (OpenTelemetry: `<channel> receive`).
+        let span =
+            tracing::info_span!("redis", component = %handler.component.id, channel = %channel);
+        in_flight.spawn(
+            async move {
+                let id = handler.component.id.clone();
+                let started = std::time::Instant::now();
+                match handle(&handler, &payload).await {
+                    Ok(()) => tracing::info!(
+                        component = id,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "message on {channel} handled"
+                    ),
+                    Err(e) => tracing::error!(component = id, "message on {channel} failed: {e:#}"),
+                }
             }
-        });
+            .instrument(span),
+        );
     }
 }
 
