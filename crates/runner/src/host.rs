@@ -685,3 +685,75 @@ fn flatten_reply(value: redis::Value, out: &mut Vec<outbound_redis::RedisResult>
         other => out.push(R::Binary(format!("{other:?}").into_bytes())),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(stores: &[&str], known: &[&str]) -> InstanceState {
+        let db = std::env::temp_dir().join(format!("spin-runner-host-{}.db", std::process::id()));
+        let backend = Backend::sqlite(&db, "default").unwrap();
+        InstanceState::new(Arc::new(ComponentRuntime {
+            id: "c".into(),
+            variables: HashMap::from([("api_base".to_owned(), "http://x".to_owned())]),
+            allowed_hosts: AllowedHosts::default(),
+            stores: stores
+                .iter()
+                .map(|s| (s.to_string(), backend.clone()))
+                .collect(),
+            known_store_labels: Arc::new(known.iter().map(|s| s.to_string()).collect()),
+            redis_connections: Arc::default(),
+            environment: Vec::new(),
+        }))
+    }
+
+    #[tokio::test]
+    async fn variables_are_the_components_own() {
+        let mut state = instance(&[], &[]);
+        let get = |s: &mut InstanceState, n: &str| {
+            let n = n.to_owned();
+            let fut = variables::Host::get(s, n);
+            futures::executor::block_on(fut).unwrap()
+        };
+        assert_eq!(get(&mut state, "api_base").unwrap(), "http://x");
+        assert!(matches!(
+            get(&mut state, "other"),
+            Err(variables::Error::Undefined(_))
+        ));
+        assert!(matches!(
+            get(&mut state, "API_BASE"),
+            Err(variables::Error::InvalidName(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn opening_stores_checks_the_components_list() {
+        let mut state = instance(&["default"], &["default", "cache"]);
+        assert!(key_value::HostStore::open(&mut state, "default".into())
+            .await
+            .unwrap()
+            .is_ok());
+        assert!(matches!(
+            key_value::HostStore::open(&mut state, "cache".into())
+                .await
+                .unwrap(),
+            Err(key_value::Error::AccessDenied)
+        ));
+        assert!(matches!(
+            key_value::HostStore::open(&mut state, "nope".into())
+                .await
+                .unwrap(),
+            Err(key_value::Error::NoSuchStore)
+        ));
+        assert!(matches!(
+            wasi_store::Host::open(&mut state, "cache".into())
+                .await
+                .unwrap(),
+            Err(wasi_store::Error::AccessDenied)
+        ));
+        assert!(wasi_store::Host::open(&mut state, "default".into())
+            .await
+            .unwrap()
+            .is_ok());
+    }
+}

@@ -41,12 +41,29 @@ impl Backend {
         let conn = rusqlite::Connection::open(path)
             .with_context(|| format!("opening SQLite store {}", path.display()))?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             CREATE TABLE IF NOT EXISTS spin_key_value (
-                 store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
-                 PRIMARY KEY (store, key));",
-        )?;
+        // Several runners (replicas) may open the same file at once; switching the
+        // journal mode is not covered by the busy timeout, so retry it for a while.
+        let mut attempts = 0;
+        loop {
+            match conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE IF NOT EXISTS spin_key_value (
+                     store TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL,
+                     PRIMARY KEY (store, key));",
+            ) {
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::DatabaseBusy && attempts < 100 =>
+                {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                result => {
+                    result
+                        .with_context(|| format!("setting up SQLite store {}", path.display()))?;
+                    break;
+                }
+            }
+        }
         Ok(Backend::Sqlite(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             label: label.to_owned(),
