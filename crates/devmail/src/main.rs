@@ -2,6 +2,10 @@
 //! Postmark, SendGrid, Mailpit). It speaks their send APIs and error bodies, keeps what
 //! it accepted (JSON at `/__devmail/messages`, an inbox page at `/`), and can be told to
 //! fail or delay the next requests, so tests exercise the shop's retry and refusal paths.
+//!
+//! With `OTEL_EXPORTER_OTLP_ENDPOINT` set it exports a `SERVER` span per send request
+//! (service `devmail`), continuing the caller's `traceparent`, failed with the
+//! provider's message on a refusal: the shop's trace ends inside the "provider".
 
 mod providers;
 
@@ -96,6 +100,8 @@ struct DevMail {
     api_key: Option<String>,
     verified_domains: Vec<String>,
     state: Mutex<State>,
+    /// Set when spans are exported.
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 impl DevMail {
@@ -113,8 +119,7 @@ impl DevMail {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -123,12 +128,26 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
+    // Made before the async runtime (its HTTP client blocks), flushed after it.
+    let pipeline = host_telemetry::Pipeline::from_env("devmail")?;
+    let tracer = pipeline
+        .as_ref()
+        .map(|p| opentelemetry::trace::TracerProvider::tracer(&p.provider, "devmail"));
     let app = Arc::new(DevMail {
         api_key: cli.api_key,
         verified_domains: cli.verified_domains,
         state: Mutex::new(State::default()),
+        tracer,
     });
-    let listener = tokio::net::TcpListener::bind(&cli.listen).await?;
+    let result = tokio::runtime::Runtime::new()?.block_on(serve(app, &cli.listen));
+    if let Some(pipeline) = pipeline {
+        pipeline.shutdown();
+    }
+    result
+}
+
+async fn serve(app: Arc<DevMail>, listen: &str) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("devmail listening on http://{}", listener.local_addr()?);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -155,7 +174,7 @@ async fn route(app: &DevMail, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let answer = match (&method, path.as_str()) {
-        (&Method::POST, p) if Provider::from_path(p).is_some() => send(app, req).await,
+        (&Method::POST, p) if Provider::from_path(p).is_some() => traced_send(app, req).await,
         (&Method::GET, "/__devmail/messages") => Answer::json(200, json!(app.state().messages)),
         (&Method::DELETE, "/__devmail/messages") => {
             let mut state = app.state();
@@ -210,6 +229,47 @@ async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
         .await
         .map(|c| c.to_bytes())
         .map_err(|_| ())
+}
+
+/// [`send`] in a `SERVER` span continuing the caller's trace, as the provider's own
+/// API server would be traced.
+async fn traced_send(app: &DevMail, req: Request<Incoming>) -> Answer {
+    use opentelemetry::trace::{Span, SpanKind, Status, Tracer};
+    use opentelemetry::KeyValue;
+    let Some(tracer) = &app.tracer else {
+        return send(app, req).await;
+    };
+    let path = req.uri().path().to_owned();
+    let provider = Provider::from_path(&path).map_or("unknown", Provider::name);
+    let mut span = tracer
+        .span_builder(format!("POST {path}"))
+        .with_kind(SpanKind::Server)
+        .with_attributes([
+            KeyValue::new("http.request.method", "POST"),
+            KeyValue::new("http.route", path.clone()),
+            KeyValue::new("url.path", path),
+            KeyValue::new("shop.mail.provider", provider),
+        ])
+        .start_with_context(tracer, &host_telemetry::extract(req.headers()));
+    let answer = send(app, req).await;
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(answer.status),
+    ));
+    if answer.status >= 400 {
+        // The provider's own words, as its error body gives them.
+        let message: String = String::from_utf8_lossy(&answer.body)
+            .chars()
+            .take(500)
+            .collect();
+        span.add_event(
+            "exception",
+            vec![KeyValue::new("exception.message", message.clone())],
+        );
+        span.set_status(Status::error(format!("{} {message}", answer.status)));
+    }
+    span.end();
+    answer
 }
 
 /// One send request, whichever provider's API it is addressed to.

@@ -1,15 +1,15 @@
 //! The application as it will run: the manifest with variables resolved, the selected
 //! components, their triggers, and the key-value stores they may open.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
+use crate::capabilities::allowed_hosts::AllowedHosts;
 use crate::manifest::{
     is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RuntimeConfig,
 };
-use crate::outbound::AllowedHosts;
 
 /// One component, ready to instantiate.
 #[derive(Debug)]
@@ -37,10 +37,6 @@ pub struct AppConfig {
     /// Redis address -> channel -> components.
     pub redis_subscriptions: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
-    /// Every store label the application knows (runtime config, `default`, and labels
-    /// any component of the manifest names): opening one of these without permission
-    /// is `access-denied`, any other label is `no-such-store`.
-    pub known_store_labels: BTreeSet<String>,
     /// Where `.spin/` (default SQLite store, compile cache) lives: the manifest's dir.
     pub state_dir: PathBuf,
 }
@@ -195,15 +191,7 @@ impl AppConfig {
             }
         }
 
-        let mut known_store_labels: BTreeSet<String> =
-            runtime.key_value_store.keys().cloned().collect();
-        known_store_labels.insert("default".to_owned());
-        for decl in manifest.component.values() {
-            known_store_labels.extend(decl.key_value_stores.iter().cloned());
-        }
-
         Ok(AppConfig {
-            known_store_labels,
             name: manifest.application.name.clone(),
             components,
             http_routes,
@@ -408,17 +396,12 @@ key_value_stores = ["default", "cache"]
             ),
             other => panic!("{other:?}"),
         }
-        assert!(app.known_store_labels.contains("cache"));
 
         // --component-id web: only its route, no Redis subscription, no `cache` store.
         let app = load(&dir, true, &["web".to_owned()]).unwrap();
         assert_eq!(app.http_routes.len(), 1);
         assert!(app.redis_subscriptions.is_empty());
         assert!(!app.key_value_stores.contains_key("cache"));
-        assert!(
-            app.known_store_labels.contains("cache"),
-            "still access-denied, not no-such-store"
-        );
         assert!(load(&dir, true, &["nope".to_owned()]).is_err());
         let _ = std::fs::remove_dir_all(dir);
     }

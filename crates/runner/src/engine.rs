@@ -1,4 +1,4 @@
-//! The Wasmtime engine, the linker with every host interface, and compiled components
+//! The Wasmtime engine, the linker with every capability, and compiled components
 //! cached on disk (keyed by the wasm's hash and the Wasmtime version).
 
 use std::path::Path;
@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
-use crate::host::InstanceState;
+use crate::capabilities::{key_value, otel, outbound_redis, variables};
+use crate::instance::InstanceState;
 
 pub fn engine() -> Result<Engine> {
     Engine::new(&Config::new())
@@ -16,12 +17,20 @@ pub fn engine() -> Result<Engine> {
         .context("creating the Wasmtime engine")
 }
 
-/// WASI 0.2, outbound `wasi:http`, and Spin's interfaces.
-pub fn linker(engine: &Engine) -> Result<Linker<InstanceState>> {
-    let mut linker = Linker::new(engine);
+/// WASI 0.2, outbound `wasi:http`, and Spin's interfaces: every capability, listed once.
+/// `wasi:otel` only with `--experimental-wasi-otel`, as Spin links it: without the flag
+/// a component importing it is refused at startup.
+pub fn linker(engine: &Engine, experimental_wasi_otel: bool) -> Result<Linker<InstanceState>> {
+    let mut linker = Linker::<InstanceState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    crate::host::add_to_linker(&mut linker)?;
+    key_value::add_to_linker(&mut linker, |s| &mut s.key_value)?;
+    variables::add_to_linker(&mut linker, |s| &mut s.variables)?;
+    outbound_redis::add_to_linker(&mut linker, |s| &mut s.outbound_redis)?;
+    if experimental_wasi_otel {
+        otel::add_to_linker(&mut linker, |s| &mut s.trace)?;
+    }
+    crate::triggers::redis::add_to_linker(&mut linker)?;
     Ok(linker)
 }
 
@@ -100,5 +109,15 @@ pub fn instance_pre(
     linker
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
-        .with_context(|| format!("component {id:?} imports something this runner does not provide"))
+        .with_context(|| {
+            let imports_otel = component
+                .component_type()
+                .imports(linker.engine())
+                .any(|(name, _)| name.starts_with("wasi:otel/"));
+            if imports_otel {
+                format!("component {id:?} imports wasi:otel: run with --experimental-wasi-otel (as `spin up` needs), or build it without tracing")
+            } else {
+                format!("component {id:?} imports something this runner does not provide")
+            }
+        })
 }

@@ -3,15 +3,14 @@
 //! shop uses, with Spin's semantics, and refuses the rest by name.
 
 mod app;
+mod capabilities;
 mod engine;
-mod host;
-mod http_trigger;
-mod kv;
+mod instance;
 mod logging;
 mod manifest;
-mod outbound;
 mod redis_conn;
-mod redis_trigger;
+mod routes;
+mod triggers;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -23,9 +22,14 @@ use tokio::sync::watch;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::app::{AppConfig, Overrides};
-use crate::host::redis_trigger::RedisTriggerPre;
-use crate::host::{ComponentRuntime, RedisConnections};
+use crate::capabilities::key_value::{Backend, ComponentStores};
+use crate::capabilities::otel::Exporter;
+use crate::capabilities::outbound_redis::Connections;
+use crate::instance::ComponentRuntime;
 use crate::manifest::KeyValueStoreConfig;
+use crate::routes::RoutePattern;
+use crate::triggers::redis::RedisTriggerPre;
+use crate::triggers::{http as http_trigger, redis as redis_trigger};
 
 #[derive(Parser)]
 #[command(
@@ -63,6 +67,11 @@ struct UpArgs {
     /// Run only these components and their triggers (repeatable).
     #[arg(long = "component-id")]
     component_ids: Vec<String>,
+    /// Link `wasi:otel` so components can make spans (as `spin up
+    /// --experimental-wasi-otel`); without it a component importing it is refused.
+    /// Spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set, flag or not.
+    #[arg(long)]
+    experimental_wasi_otel: bool,
 }
 
 fn key_value(s: &str) -> Result<(String, String), String> {
@@ -71,8 +80,7 @@ fn key_value(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
+fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -82,7 +90,18 @@ async fn main() -> std::process::ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let Command::Up(args) = Cli::parse().command;
-    match up(args).await {
+    // The exporter's HTTP client is a blocking one: made before the async runtime, and
+    // flushed after it has stopped.
+    let result = Exporter::from_env().and_then(|exporter| {
+        let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+        let result = runtime.block_on(up(args, exporter.clone()));
+        drop(runtime);
+        if let Some(exporter) = exporter {
+            exporter.shutdown();
+        }
+        result
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:#}");
@@ -91,7 +110,7 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-async fn up(args: UpArgs) -> Result<()> {
+async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
     let manifest_path = if args.from.is_dir() {
         args.from.join("spin.toml")
     } else {
@@ -114,8 +133,8 @@ async fn up(args: UpArgs) -> Result<()> {
     let mut backends = HashMap::new();
     for (label, config) in &app.key_value_stores {
         let backend = match config {
-            KeyValueStoreConfig::Redis { url } => kv::Backend::redis(url).await?,
-            KeyValueStoreConfig::Sqlite { path } => kv::Backend::sqlite(
+            KeyValueStoreConfig::Redis { url } => Backend::redis(url)?,
+            KeyValueStoreConfig::Sqlite { path } => Backend::sqlite(
                 PathBuf::from(path.as_deref().unwrap_or_default()).as_path(),
                 label,
             )?,
@@ -125,10 +144,9 @@ async fn up(args: UpArgs) -> Result<()> {
     }
 
     let engine = engine::engine()?;
-    let linker = engine::linker(&engine)?;
+    let linker = engine::linker(&engine, args.experimental_wasi_otel)?;
     let cache_dir = app.state_dir.join("cache");
-    let redis_connections = Arc::new(RedisConnections::default());
-    let known_store_labels = Arc::new(app.known_store_labels.clone());
+    let redis_connections = Arc::new(Connections::default());
     let mut runtimes = BTreeMap::new();
     let mut pres = BTreeMap::new();
     for (id, c) in &app.components {
@@ -141,12 +159,12 @@ async fn up(args: UpArgs) -> Result<()> {
             id.clone(),
             Arc::new(ComponentRuntime {
                 id: id.clone(),
-                variables: c.variables.clone(),
-                allowed_hosts: c.allowed_hosts.clone(),
-                stores,
-                known_store_labels: known_store_labels.clone(),
-                redis_connections: redis_connections.clone(),
                 environment: c.environment.clone(),
+                variables: Arc::new(c.variables.clone()),
+                stores: Arc::new(ComponentStores(stores)),
+                allowed_hosts: c.allowed_hosts.clone(),
+                redis: redis_connections.clone(),
+                exporter: exporter.clone(),
             }),
         );
         let component = engine::load_component(&engine, id, &c.source, &cache_dir)?;
@@ -164,7 +182,7 @@ async fn up(args: UpArgs) -> Result<()> {
                 .with_context(|| format!("component {:?} is not an HTTP component", r.component))?;
             routes.push(http_trigger::Route {
                 raw: r.route.clone(),
-                pattern: http_trigger::RoutePattern::parse(&r.route),
+                pattern: RoutePattern::parse(&r.route),
                 component: runtimes[&r.component].clone(),
                 pre,
             });
@@ -189,11 +207,12 @@ async fn up(args: UpArgs) -> Result<()> {
             );
         }
         let mut rx = shutdown_rx.clone();
+        let exporter = exporter.clone();
         tasks.push(tokio::spawn(async move {
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            if let Err(e) = http_trigger::serve(listener, routes, stop).await {
+            if let Err(e) = http_trigger::serve(listener, routes, exporter, stop).await {
                 tracing::error!("http trigger: {e:#}");
             }
         }));
@@ -220,6 +239,7 @@ async fn up(args: UpArgs) -> Result<()> {
         tasks.push(tokio::spawn(redis_trigger::run(
             address.clone(),
             handlers,
+            exporter.clone(),
             tx,
             shutdown_rx.clone(),
         )));

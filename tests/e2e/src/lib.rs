@@ -370,6 +370,16 @@ impl Captured {
     }
 }
 
+/// Sets `command` to export spans to the OTLP/HTTP receiver at `endpoint`, flushing
+/// every 100 ms so tests see spans quickly.
+fn export_spans_to(command: &mut Command, endpoint: Option<&str>) {
+    if let Some(endpoint) = endpoint {
+        command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    }
+}
+
 /// The dev mail API (test double of the mail providers), on a free port.
 pub struct DevMail {
     pub base_url: String,
@@ -378,19 +388,23 @@ pub struct DevMail {
 
 impl DevMail {
     pub fn start(scratch: &Scratch) -> DevMail {
+        Self::start_exporting(scratch, None)
+    }
+
+    /// Exports its server spans to `otlp_endpoint` when given.
+    pub fn start_exporting(scratch: &Scratch, otlp_endpoint: Option<&str>) -> DevMail {
         let port = free_port();
-        let process = Process::spawn(
-            &format!("devmail-{port}"),
-            Command::new(binary("devmail")).args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--api-key",
-                MAIL_KEY,
-                "--verified-domain",
-                VERIFIED_DOMAIN,
-            ]),
-            scratch.path(),
-        );
+        let mut command = Command::new(binary("devmail"));
+        command.args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--api-key",
+            MAIL_KEY,
+            "--verified-domain",
+            VERIFIED_DOMAIN,
+        ]);
+        export_spans_to(&mut command, otlp_endpoint);
+        let process = Process::spawn(&format!("devmail-{port}"), &mut command, scratch.path());
         let mail = DevMail {
             base_url: format!("http://127.0.0.1:{port}"),
             _process: process,
@@ -447,6 +461,10 @@ pub struct RunnerOptions<'a> {
     pub backend: Backend,
     pub mail_from: String,
     pub extra_variables: Vec<(String, String)>,
+    /// Export spans to this OTLP/HTTP receiver (e.g. [`TraceViewer::endpoint`]).
+    pub otlp_endpoint: Option<String>,
+    /// More environment for the runner process (e.g. `OTEL_*` settings).
+    pub process_env: Vec<(String, String)>,
 }
 
 impl Default for RunnerOptions<'_> {
@@ -456,6 +474,8 @@ impl Default for RunnerOptions<'_> {
             backend: Backend::Redis,
             mail_from: format!("orders@{VERIFIED_DOMAIN}"),
             extra_variables: Vec::new(),
+            otlp_endpoint: None,
+            process_env: Vec::new(),
         }
     }
 }
@@ -500,8 +520,11 @@ impl Runner {
         variables.extend(options.extra_variables);
 
         let mut command = Command::new(runner_binary());
+        // The components are built with tracing, as `make build` builds them: like
+        // `spin up`, the runner needs the flag to link wasi:otel.
         command
             .arg("up")
+            .arg("--experimental-wasi-otel")
             .arg("--from")
             .arg(workspace_root().join("spin.toml"))
             .arg("--listen")
@@ -509,6 +532,8 @@ impl Runner {
             .arg("--runtime-config-file")
             .arg(&runtime_config)
             .env("RUST_LOG", "info");
+        export_spans_to(&mut command, options.otlp_endpoint.as_deref());
+        command.envs(options.process_env.iter().map(|(k, v)| (k, v)));
         for (name, value) in &variables {
             command.arg("--variable").arg(format!("{name}={value}"));
         }
@@ -524,6 +549,7 @@ impl Runner {
         let mut command = Command::new(runner_binary());
         command
             .arg("up")
+            .arg("--experimental-wasi-otel")
             .arg("--from")
             .arg(manifest)
             .arg("--listen")
@@ -631,12 +657,90 @@ impl Runner {
     }
 }
 
+/// The project's trace viewer as the OTLP/HTTP receiver of a test, on a free port.
+pub struct TraceViewer {
+    pub base_url: String,
+    _process: Process,
+}
+
+impl TraceViewer {
+    pub fn start(scratch: &Scratch) -> TraceViewer {
+        let port = free_port();
+        let process = Process::spawn(
+            &format!("trace-viewer-{port}"),
+            Command::new(binary("trace-viewer")).args([
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ]),
+            scratch.path(),
+        );
+        wait_for("trace-viewer to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        TraceViewer {
+            base_url: format!("http://127.0.0.1:{port}"),
+            _process: process,
+        }
+    }
+
+    /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should be to export here.
+    pub fn endpoint(&self) -> String {
+        self.base_url.clone()
+    }
+
+    /// The spans of `trace_id` received so far (empty if none).
+    pub fn spans(&self, trace_id: &str) -> Vec<Value> {
+        http()
+            .get(format!("{}/api/traces/{trace_id}", self.base_url))
+            .send()
+            .ok()
+            .filter(|r| r.status().is_success())
+            .and_then(|r| r.json::<Value>().ok())
+            .and_then(|v| v["spans"].as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Waits until the spans of `trace_id` satisfy `done` (spans arrive in batches).
+    pub fn wait_for_spans(
+        &self,
+        trace_id: &str,
+        what: &str,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        wait_for(
+            &format!("trace {trace_id}: {what}"),
+            Duration::from_secs(30),
+            || {
+                let spans = self.spans(trace_id);
+                done(&spans).then_some(spans)
+            },
+        )
+    }
+
+    /// Ids of the traces holding a span whose attribute `key` is `value`.
+    pub fn search(&self, key: &str, value: &str) -> Vec<String> {
+        http()
+            .get(format!("{}/api/search", self.base_url))
+            .query(&[("attribute", key), ("value", value)])
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .ok()
+            .and_then(|v| v["trace_ids"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    }
+}
+
 /// An HTTP answer: status, selected headers, JSON body (Null if not JSON).
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
     pub content_type: String,
     pub location: Option<String>,
+    pub traceparent: Option<String>,
     pub body: Value,
 }
 
@@ -651,12 +755,14 @@ impl From<reqwest::blocking::Response> for Reply {
         };
         let content_type = header("content-type").unwrap_or_default();
         let location = header("location");
+        let traceparent = header("traceparent");
         let status = response.status().as_u16();
         let body = response.json().unwrap_or(Value::Null);
         Reply {
             status,
             content_type,
             location,
+            traceparent,
             body,
         }
     }

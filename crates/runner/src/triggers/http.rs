@@ -1,0 +1,260 @@
+//! Spin's HTTP trigger: routes matched as Spin does, a fresh component instance per
+//! request, Spin's `spin-*` request headers, and a 500 (not a dead server) when a
+//! component traps.
+//!
+//! Traced as Spin traces it: a `SERVER` span `<method> <route>` that continues an
+//! inbound `traceparent`, and under it `execute_wasm_component <id>`, the instance's
+//! outer span (what the guest's `outer-span-context` returns).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Result;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::server::conn::http1;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+use wasmtime::Store;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+use wasmtime_wasi_http::WasiHttpView;
+
+use crate::capabilities::otel::{Exporter, HostSpan, COMPONENT_ATTRIBUTE};
+use crate::instance::{ComponentRuntime, InstanceState};
+use crate::routes::RoutePattern;
+
+pub struct Route {
+    pub raw: String,
+    pub pattern: RoutePattern,
+    pub component: Arc<ComponentRuntime>,
+    pub pre: ProxyPre<InstanceState>,
+}
+
+/// The most specific route matching `path`, with its path info.
+fn best_match<'a>(routes: &'a [Route], path: &str) -> Option<(&'a Route, String)> {
+    routes
+        .iter()
+        .filter_map(|r| r.pattern.matches(path).map(|info| (r, info)))
+        .max_by_key(|(r, _)| r.pattern.specificity())
+}
+
+/// How long in-flight requests may take to finish once shutdown begins.
+const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Serves requests on `listener` until `shutdown` resolves, then lets in-flight
+/// requests finish (up to [`DRAIN`]).
+pub async fn serve(
+    listener: TcpListener,
+    routes: Vec<Route>,
+    exporter: Option<Arc<Exporter>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()> {
+    let routes = Arc::new(routes);
+    let local = listener.local_addr()?;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // E.g. out of file descriptors: keep serving the others.
+                    tracing::warn!("http trigger: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let routes = routes.clone();
+        let exporter = exporter.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let routes = routes.clone();
+            let exporter = exporter.clone();
+            async move {
+                Ok::<_, Infallible>(handle(&routes, exporter.as_deref(), req, peer, local).await)
+            }
+        });
+        let connection = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection from {peer}: {e}");
+            }
+        });
+    }
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("http trigger: requests still running after {DRAIN:?}; stopping anyway");
+    }
+    Ok(())
+}
+
+async fn handle(
+    routes: &[Route],
+    exporter: Option<&Exporter>,
+    mut req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    local: SocketAddr,
+) -> hyper::Response<HyperOutgoingBody> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let route = best_match(routes, &path);
+    let mut server_span = match exporter {
+        Some(exporter) => exporter.start(
+            match &route {
+                Some((route, _)) => format!("{method} {}", route.raw),
+                None => method.to_string(),
+            },
+            SpanKind::Server,
+            &host_telemetry::extract(req.headers()),
+            vec![
+                KeyValue::new("http.request.method", method.to_string()),
+                KeyValue::new("url.path", path.clone()),
+                KeyValue::new("url.query", req.uri().query().unwrap_or("").to_owned()),
+                KeyValue::new("url.scheme", "http"),
+                KeyValue::new("network.protocol.name", "http"),
+                KeyValue::new("network.peer.address", peer.ip().to_string()),
+                KeyValue::new("network.peer.port", i64::from(peer.port())),
+            ],
+        ),
+        None => HostSpan::none(),
+    };
+    let Some((route, path_info)) = route else {
+        server_span.set_attribute(KeyValue::new("http.response.status_code", 404));
+        return plain(404, "Not Found");
+    };
+    let started = std::time::Instant::now();
+    let component = route.component.id.clone();
+    server_span.set_attribute(KeyValue::new("http.route", route.raw.clone()));
+    server_span.set_attribute(KeyValue::new(COMPONENT_ATTRIBUTE, component.clone()));
+    add_spin_headers(&mut req, route, &path_info, peer, local);
+    let execute_span = match exporter {
+        Some(exporter) => exporter.start(
+            format!("execute_wasm_component {component}"),
+            SpanKind::Internal,
+            &server_span.context(),
+            vec![KeyValue::new(COMPONENT_ATTRIBUTE, component.clone())],
+        ),
+        None => HostSpan::none(),
+    };
+    // The log's span: everything the component does (host calls, its output) is
+    // logged inside it.
+    let log_span = tracing::info_span!("http", component = %component, route = %route.raw);
+    let instance = route.component.instance(execute_span.span_context());
+    let response = match run(route, instance, req).instrument(log_span).await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(component, "{method} {path}: component failed: {e:#}");
+            server_span.fail(format!("component failed: {e:#}"));
+            plain(500, "Internal Server Error")
+        }
+    };
+    drop(execute_span);
+    let status = response.status().as_u16();
+    server_span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= 500 {
+        server_span.fail(format!("answered {status}"));
+    }
+    tracing::info!(
+        component,
+        status,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "{method} {path}"
+    );
+    response
+}
+
+/// Spin's request headers, so components see what they would see under `spin up`.
+fn add_spin_headers(
+    req: &mut hyper::Request<hyper::body::Incoming>,
+    route: &Route,
+    path_info: &str,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| local.to_string());
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let values = [
+        ("spin-full-url", format!("http://{host}{path_and_query}")),
+        ("spin-path-info", path_info.to_owned()),
+        ("spin-matched-route", route.raw.clone()),
+        ("spin-raw-component-route", route.raw.clone()),
+        ("spin-component-route", route.pattern.base().to_owned()),
+        ("spin-base-path", "/".to_owned()),
+        ("spin-client-addr", peer.to_string()),
+    ];
+    for (name, value) in values {
+        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+            req.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// One request in a fresh instance.
+async fn run(
+    route: &Route,
+    instance: InstanceState,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Result<hyper::Response<HyperOutgoingBody>> {
+    let mut store = Store::new(route.pre.engine(), instance);
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let req = store
+        .data_mut()
+        .http()
+        .new_incoming_request(Scheme::Http, req)?;
+    let out = store.data_mut().http().new_response_outparam(sender)?;
+    let pre = route.pre.clone();
+    // The guest may keep running (streaming the body) after it has set the response.
+    let task = tokio::spawn(
+        async move {
+            let proxy = pre.instantiate_async(&mut store).await?;
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut store, req, out)
+                .await
+        }
+        .instrument(tracing::Span::current()),
+    );
+    match receiver.await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(code)) => anyhow::bail!("component answered with error code {code:?}"),
+        Err(_) => match task.await {
+            Ok(Ok(())) => anyhow::bail!("component returned without setting a response"),
+            Ok(Err(e)) => Err(e.into()),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
+fn plain(status: u16, text: &'static str) -> hyper::Response<HyperOutgoingBody> {
+    let body = Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync();
+    let mut response = hyper::Response::new(body);
+    *response.status_mut() =
+        hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    response
+}
