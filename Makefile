@@ -26,7 +26,7 @@ test: setup build
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --workspace --all-targets --locked -- -D warnings
+	cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 up: setup build
 	./scripts/up.sh

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Builds the two Spin components (checkout, fulfilment) for wasm32-wasip2 and leaves them
-# where spin.toml expects them: target/wasm32-wasip2/release/{checkout,fulfilment}.wasm.
+# Builds the Spin components (checkout, fulfilment) for wasm32-wasip2, twice:
+#   - with tracing (`--features otel`, imports wasi:otel; run with
+#     `spin up --experimental-wasi-otel`) where spin.toml expects them:
+#     target/wasm32-wasip2/release/{checkout,fulfilment}.wasm
+#   - without it (imports nothing of wasi:otel; for hosts that lack it: Fermyon Cloud,
+#     SpinKube's Spin 3.6 shim) in target/wasm32-wasip2/release/plain/.
 #
 # Path 1 (a normal developer machine): rustup has the wasm32-wasip2 target -> plain
 #   `cargo build --target wasm32-wasip2 --release`, exactly what `spin build` runs.
 # Path 2 (machines where rustup cannot download targets, such as this project's CI):
 #   Debian's rustc-web + rust-web-src build std from source (-Zbuild-std), linked by
-#   wasm-component-ld, which calls lld-19's wasm-ld. See ../shared/notes/toolchain.md.
-#   Its own CARGO_TARGET_DIR keeps the two compilers from invalidating each other.
+#   wasm-component-ld, which calls lld-19's wasm-ld (see docs/toolchain.md). Its own
+#   CARGO_TARGET_DIR keeps the two compilers from invalidating each other.
 #
 # Idempotent: installs only what is missing, and says what it does.
 set -euo pipefail
@@ -26,8 +30,9 @@ as_root() {
 }
 
 if command -v rustup >/dev/null 2>&1 && rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
-    say "rustup has wasm32-wasip2: cargo build --target wasm32-wasip2 --release ${packages[*]}"
-    cargo build --target wasm32-wasip2 --release "${packages[@]}"
+    say "rustup has wasm32-wasip2: cargo build --target wasm32-wasip2 --release"
+    build_dir="$root/target"
+    cargo_build() { cargo build --target wasm32-wasip2 --release "$@"; }
 else
     say "rustup target wasm32-wasip2 not installed: using Debian rustc-web with -Zbuild-std"
     needed=()
@@ -51,21 +56,31 @@ else
     mkdir -p "$shim_dir"
     ln -sf /usr/bin/wasm-ld-19 "$shim_dir/wasm-ld"
 
-    fallback_target="$root/target/wasm-fallback"
-    say "building with /usr/bin/cargo ($(/usr/bin/rustc --version)) into $fallback_target"
-    PATH="$shim_dir:/usr/bin:$PATH" \
-    RUSTC=/usr/bin/rustc \
-    RUSTC_BOOTSTRAP=1 \
-    CARGO_TARGET_DIR="$fallback_target" \
-    RUSTFLAGS="-C linker=$component_ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi" \
-        /usr/bin/cargo build --release -Zbuild-std=std,panic_abort --target wasm32-wasip2 "${packages[@]}"
-
-    mkdir -p "$out_dir"
-    for c in "${components[@]}"; do
-        cp -f "$fallback_target/wasm32-wasip2/release/$c.wasm" "$out_dir/$c.wasm"
-    done
+    build_dir="$root/target/wasm-fallback"
+    say "building with /usr/bin/cargo ($(/usr/bin/rustc --version)) into $build_dir"
+    cargo_build() {
+        PATH="$shim_dir:/usr/bin:$PATH" \
+        RUSTC=/usr/bin/rustc \
+        RUSTC_BOOTSTRAP=1 \
+        CARGO_TARGET_DIR="$build_dir" \
+        RUSTFLAGS="-C linker=$component_ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi" \
+            /usr/bin/cargo build --release -Zbuild-std=std,panic_abort --target wasm32-wasip2 "$@"
+    }
 fi
 
+# Cargo writes both variants to the same file names: build one, set it aside, then
+# the other.
+say "building without tracing (no wasi:otel import) -> $out_dir/plain/"
+cargo_build "${packages[@]}"
+mkdir -p "$out_dir/plain"
 for c in "${components[@]}"; do
-    say "built $(du -h "$out_dir/$c.wasm" | cut -f1) $out_dir/$c.wasm"
+    cp -f "$build_dir/wasm32-wasip2/release/$c.wasm" "$out_dir/plain/$c.wasm"
+done
+say "building with tracing (--features otel) -> $out_dir/"
+cargo_build "${packages[@]}" --features otel
+for c in "${components[@]}"; do
+    if [ "$build_dir" != "$root/target" ]; then
+        cp -f "$build_dir/wasm32-wasip2/release/$c.wasm" "$out_dir/$c.wasm"
+    fi
+    say "built $(du -h "$out_dir/$c.wasm" | cut -f1) $out_dir/$c.wasm (plain: $(du -h "$out_dir/plain/$c.wasm" | cut -f1))"
 done

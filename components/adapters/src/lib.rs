@@ -1,7 +1,12 @@
 //! What the two Spin components share: the domain's key-value port implemented on
-//! Spin's key-value store, the clock, random ids and typed access to Spin variables.
+//! Spin's key-value store, tracing ([`telemetry`]), the clock, random ids and typed
+//! access to Spin variables.
+
+pub mod telemetry;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer};
+use opentelemetry::KeyValue as Attribute;
 use shop_domain::store::{KeyValue, StoreError};
 use spin_sdk::key_value::Store;
 use spin_sdk::wit::wasi::keyvalue::{atomics, store as wasi_store};
@@ -13,7 +18,9 @@ pub const STORE_LABEL: &str = "default";
 ///
 /// `get`/`set` go through `fermyon:spin/key-value` (Spin traces these under the guest's
 /// span); `increment` uses `wasi:keyvalue/atomics`, the only atomic counter Spin offers.
-/// Both interfaces open the same store by label.
+/// Both interfaces open the same store by label. Spin leaves its spans for
+/// `wasi:keyvalue` calls in the trigger's trace, so each increment gets a span of the
+/// component's own, in the trace of the work it belongs to.
 pub struct SpinKeyValue {
     store: Store,
     bucket: wasi_store::Bucket,
@@ -43,8 +50,28 @@ impl KeyValue for SpinKeyValue {
     }
 
     fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-        atomics::increment(&self.bucket, key, delta)
-            .map_err(|e| StoreError(format!("increment {key}: {e:?}")))
+        let tracer = telemetry::tracer("shop-adapters");
+        let span = tracer
+            .span_builder("keyvalue.increment")
+            .with_kind(SpanKind::Client)
+            .with_attributes([
+                Attribute::new("db.system.name", "spin-key-value"),
+                Attribute::new("db.namespace", STORE_LABEL),
+                Attribute::new("db.operation.name", "increment"),
+                Attribute::new("shop.kv.key", key.to_owned()),
+                Attribute::new("shop.kv.delta", delta),
+            ])
+            .start(&tracer);
+        let cx = opentelemetry::Context::current_with_span(span);
+        let result = atomics::increment(&self.bucket, key, delta)
+            .map_err(|e| StoreError(format!("increment {key}: {e:?}")));
+        match &result {
+            Ok(value) => cx
+                .span()
+                .set_attribute(Attribute::new("shop.kv.value", *value)),
+            Err(e) => telemetry::fail(&cx, e.to_string()),
+        }
+        result
     }
 }
 

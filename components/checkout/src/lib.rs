@@ -12,6 +12,9 @@
 mod http_io;
 mod orders;
 
+use opentelemetry::trace::{FutureExt, Status, TraceContextExt, Tracer};
+use opentelemetry::KeyValue;
+use shop_adapters::telemetry;
 use spin_sdk::http::{IncomingRequest, Method, Response};
 use spin_sdk::http_component;
 
@@ -20,6 +23,7 @@ use shop_domain::problem::Problem;
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
+    let _tracing = telemetry::start();
     let incoming = Incoming::from(&request);
     let segments: Vec<&str> = incoming
         .path
@@ -29,28 +33,68 @@ async fn handle(request: IncomingRequest) -> Response {
         .collect();
     let method = incoming.method.clone();
 
-    let response = match (segments.as_slice(), &method) {
-        (["api", "products"], Method::Get) => orders::list_products(),
-        (["api", "orders"], Method::Post) => orders::place_order(&incoming, request).await,
-        (["api", "orders", id], Method::Get) => orders::get_order(id),
-        (["api", "admin", "redrive"], Method::Post) => orders::redrive(&incoming),
-        (["api", "admin", "dead-letters"], Method::Get) => orders::dead_letters(&incoming),
-        (["api", "products"], _)
-        | (["api", "orders", _], _)
-        | (["api", "admin", "dead-letters"], _) => method_not_allowed(&incoming, "GET"),
-        (["api", "orders"], _) | (["api", "admin", "redrive"], _) => {
-            method_not_allowed(&incoming, "POST")
-        }
-        _ => problem_response(&Problem::not_found(format!(
-            "no such resource: {}",
-            incoming.path
-        ))),
+    // One span per request under the host's (Spin's `POST /api/...`), named for what
+    // the request does; every step below hangs under it.
+    let operation = match (segments.as_slice(), &method) {
+        (["api", "products"], Method::Get) => "list products",
+        (["api", "orders"], Method::Post) => "place order",
+        (["api", "orders", _], Method::Get) => "get order",
+        (["api", "admin", "redrive"], Method::Post) => "redrive orders",
+        (["api", "admin", "dead-letters"], Method::Get) => "list dead letters",
+        _ => "refuse request",
     };
+    let parent = telemetry::request_parent(
+        incoming.header("traceparent"),
+        incoming.header("tracestate"),
+    );
+    let tracer = telemetry::tracer("checkout");
+    let span = tracer
+        .span_builder(operation)
+        .with_attributes([
+            KeyValue::new("http.request.method", method.to_string()),
+            KeyValue::new("url.path", incoming.path.clone()),
+        ])
+        .start_with_context(&tracer, &parent);
+    let cx = parent.with_span(span);
+
+    let mut response = async {
+        match (segments.as_slice(), &method) {
+            (["api", "products"], Method::Get) => orders::list_products(),
+            (["api", "orders"], Method::Post) => orders::place_order(&incoming, request).await,
+            (["api", "orders", id], Method::Get) => orders::get_order(id),
+            (["api", "admin", "redrive"], Method::Post) => orders::redrive(&incoming),
+            (["api", "admin", "dead-letters"], Method::Get) => orders::dead_letters(&incoming),
+            (["api", "products"], _)
+            | (["api", "orders", _], _)
+            | (["api", "admin", "dead-letters"], _) => method_not_allowed(&incoming, "GET"),
+            (["api", "orders"], _) | (["api", "admin", "redrive"], _) => {
+                method_not_allowed(&incoming, "POST")
+            }
+            _ => problem_response(&Problem::not_found(format!(
+                "no such resource: {}",
+                incoming.path
+            ))),
+        }
+    }
+    .with_context(cx.clone())
+    .await;
+
+    let status = *response.status();
+    let span = cx.span();
+    span.set_attribute(KeyValue::new(
+        "http.response.status_code",
+        i64::from(status),
+    ));
+    if status >= 500 {
+        span.set_status(Status::error(format!("answered {status}")));
+    }
+    // The client can find this request's trace (and the order's) from the answer.
+    if let Some(traceparent) = telemetry::traceparent(span.span_context()) {
+        response.set_header("traceparent", traceparent);
+    }
     eprintln!(
-        "checkout: {} {} -> {}",
-        incoming.method,
-        incoming.path,
-        response.status()
+        "checkout: {} {} -> {status}",
+        incoming.method, incoming.path
     );
     response
 }

@@ -4,8 +4,11 @@
 // an instance that lives for that request: boxing `Problem` would buy nothing.
 #![allow(clippy::result_large_err)]
 
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
+use opentelemetry::{Context, KeyValue as Attribute};
 use serde_json::{json, Value};
-use shop_adapters::{now, random_bytes, sleep_ms, timestamp, variable, SpinKeyValue};
+use shop_adapters::{now, random_bytes, sleep_ms, telemetry, timestamp, variable, SpinKeyValue};
 use shop_domain::catalogue::{format_money, CURRENCY, PRODUCTS};
 use shop_domain::event::OrderPlaced;
 use shop_domain::idempotency::{self, Start, StoredResponse};
@@ -38,6 +41,30 @@ fn store_unavailable(e: StoreError) -> Problem {
 
 fn open_store() -> Result<SpinKeyValue, Problem> {
     SpinKeyValue::open().map_err(store_unavailable)
+}
+
+fn tracer() -> BoxedTracer {
+    telemetry::tracer("checkout")
+}
+
+/// Runs one step of a request in a span of its own, under the current span; a problem
+/// it ends with marks the span failed.
+fn step<T>(
+    name: &'static str,
+    f: impl FnOnce(&Context) -> Result<T, Problem>,
+) -> Result<T, Problem> {
+    tracer().in_span(name, |cx| {
+        let result = f(&cx);
+        if let Err(problem) = &result {
+            telemetry::fail(&cx, describe(problem));
+        }
+        result
+    })
+}
+
+/// A problem as one line, for spans: status, title and detail.
+fn describe(problem: &Problem) -> String {
+    format!("{} {}: {}", problem.status, problem.title, problem.detail)
 }
 
 /// Seeds the catalogue's stock on first use; waits briefly if another request is
@@ -103,7 +130,14 @@ pub async fn place_order(incoming: &Incoming, request: IncomingRequest) -> Respo
 }
 
 fn place(incoming: &Incoming, body: &[u8]) -> Outcome {
-    let order = parse_order_request(body, now().date_naive()).map_err(|e| e.to_problem())?;
+    let order = step("validate order", |cx| {
+        let order = parse_order_request(body, now().date_naive()).map_err(|e| e.to_problem())?;
+        cx.span().set_attribute(Attribute::new(
+            "shop.order.item_count",
+            order.lines.len() as i64,
+        ));
+        Ok(order)
+    })?;
     let key_hash = match incoming.header("idempotency-key") {
         None => None,
         Some(key) => {
@@ -127,31 +161,33 @@ fn place(incoming: &Incoming, body: &[u8]) -> Outcome {
     let Some(key_hash) = key_hash else {
         return Ok(replayable(&accept(&kv, order)?));
     };
-    let attempt =
-        match idempotency::begin(&kv, &key_hash, &fingerprint).map_err(store_unavailable)? {
-            Start::New { attempt } => attempt,
-            Start::Replay(stored) => return Ok(replayable(&stored)),
-            Start::Mismatch => {
-                return Err(Problem::new(
-                    422,
-                    "idempotency-key-reused",
-                    "Idempotency-Key reused with a different body",
-                    "this Idempotency-Key was already used for a different order; use a new key",
-                )
-                .with_errors(vec![FieldError::new(
-                    "header:idempotency-key",
-                    "already used with a different request body",
-                )]))
-            }
-            Start::InProgress => {
-                return Err(Problem::new(
-                    409,
-                    "idempotency-key-in-use",
-                    "Request with this Idempotency-Key in progress",
-                    "an earlier request with this Idempotency-Key has not finished; retry shortly",
-                ))
-            }
-        };
+    let start = step("claim idempotency key", |_| {
+        idempotency::begin(&kv, &key_hash, &fingerprint).map_err(store_unavailable)
+    })?;
+    let attempt = match start {
+        Start::New { attempt } => attempt,
+        Start::Replay(stored) => return Ok(replayable(&stored)),
+        Start::Mismatch => {
+            return Err(Problem::new(
+                422,
+                "idempotency-key-reused",
+                "Idempotency-Key reused with a different body",
+                "this Idempotency-Key was already used for a different order; use a new key",
+            )
+            .with_errors(vec![FieldError::new(
+                "header:idempotency-key",
+                "already used with a different request body",
+            )]))
+        }
+        Start::InProgress => {
+            return Err(Problem::new(
+                409,
+                "idempotency-key-in-use",
+                "Request with this Idempotency-Key in progress",
+                "an earlier request with this Idempotency-Key has not finished; retry shortly",
+            ))
+        }
+    };
     match accept(&kv, order) {
         Ok(stored) => {
             idempotency::finish(&kv, &key_hash, &fingerprint, attempt, &stored)
@@ -173,51 +209,72 @@ fn accept(kv: &SpinKeyValue, order: ValidOrder) -> Result<StoredResponse, Proble
     let ValidOrder {
         email, lines, card, ..
     } = order;
-    let (card, capture_fails) = match card.authorise() {
-        Authorisation::Approved {
-            card,
-            capture_fails,
-        } => (card, capture_fails),
-        Authorisation::Declined { card, reason } => {
-            eprintln!("checkout: card ending {} declined", card.last4);
-            let problem =
-                Problem::new(402, "payment-declined", "Payment declined", reason).with_errors(
-                    vec![FieldError::new("/card/number", "the card was declined")],
-                );
-            return Ok(stored_problem(&problem));
-        }
+    // A refusal (declined card, out of stock) is the answer to replay, not an internal
+    // failure: it comes back as `Ok(Err(problem))`, and its step's span is failed.
+    let authorised = step("authorise card", |cx| {
+        Ok(match card.authorise() {
+            Authorisation::Approved {
+                card,
+                capture_fails,
+            } => Ok((card, capture_fails)),
+            Authorisation::Declined { card, reason } => {
+                eprintln!("checkout: card ending {} declined", card.last4);
+                let problem =
+                    Problem::new(402, "payment-declined", "Payment declined", reason).with_errors(
+                        vec![FieldError::new("/card/number", "the card was declined")],
+                    );
+                telemetry::fail(cx, describe(&problem));
+                Err(problem)
+            }
+        })
+    })?;
+    let (card, capture_fails) = match authorised {
+        Ok(approved) => approved,
+        Err(declined) => return Ok(stored_problem(&declined)),
     };
 
     let order_id = new_order_id(random_bytes());
-    match stock::reserve(kv, &order_id, &lines) {
-        Ok(()) => {}
-        Err(StockError::OutOfStock {
-            line,
-            sku,
-            requested,
-            available,
-        }) => {
-            let problem = Problem::new(
-                409,
-                "out-of-stock",
-                "Out of stock",
-                format!("{requested} x {sku} requested, {available} available"),
-            )
-            .with_errors(vec![FieldError::new(
-                format!("/items/{line}/quantity"),
-                format!("only {available} available"),
-            )])
-            .with_extension("sku", json!(sku))
-            .with_extension("available", json!(available));
-            return Ok(stored_problem(&problem));
+    let order_context = Context::current();
+    order_context
+        .span()
+        .set_attribute(Attribute::new("shop.order.id", order_id.clone()));
+    let reserved = step("reserve stock", |cx| {
+        cx.span()
+            .set_attribute(Attribute::new("shop.order.id", order_id.clone()));
+        match stock::reserve(kv, &order_id, &lines) {
+            Ok(()) => Ok(Ok(())),
+            Err(StockError::OutOfStock {
+                line,
+                sku,
+                requested,
+                available,
+            }) => {
+                let problem = Problem::new(
+                    409,
+                    "out-of-stock",
+                    "Out of stock",
+                    format!("{requested} x {sku} requested, {available} available"),
+                )
+                .with_errors(vec![FieldError::new(
+                    format!("/items/{line}/quantity"),
+                    format!("only {available} available"),
+                )])
+                .with_extension("sku", json!(sku))
+                .with_extension("available", json!(available));
+                telemetry::fail(cx, describe(&problem));
+                Ok(Err(problem))
+            }
+            Err(StockError::Store(e)) => Err(store_unavailable(e)),
+            Err(other) => {
+                eprintln!("checkout: reservation for {order_id} failed: {other:?}");
+                Err(Problem::unavailable(
+                    "stock could not be reserved; try again",
+                ))
+            }
         }
-        Err(StockError::Store(e)) => return Err(store_unavailable(e)),
-        Err(other) => {
-            eprintln!("checkout: reservation for {order_id} failed: {other:?}");
-            return Err(Problem::unavailable(
-                "stock could not be reserved; try again",
-            ));
-        }
+    })?;
+    if let Err(out_of_stock) = reserved {
+        return Ok(stored_problem(&out_of_stock));
     }
 
     let at = timestamp(now());
@@ -235,20 +292,25 @@ fn accept(kv: &SpinKeyValue, order: ValidOrder) -> Result<StoredResponse, Proble
         sequence,
         created_at: at.clone(),
         updated_at: at.clone(),
+        // The order's trace: fulfilment continues it, and so does any redrive.
+        trace_id: telemetry::trace_id(order_context.span().span_context()),
+        traceparent: telemetry::traceparent(order_context.span().span_context()),
     };
-    let saved = records::assign_sequence(kv, &order_id, &at)
-        .and_then(|sequence| records::save_order(kv, &record(sequence)));
-    if let Err(e) = saved {
-        // The order does not exist, so it must not hold stock.
-        if let Err(release) = stock::release(kv, &order_id, &lines) {
-            eprintln!("checkout: releasing stock of unrecorded {order_id} failed: {release}");
-        }
-        return Err(store_unavailable(e));
-    }
+    step("record order", |_| {
+        let saved = records::assign_sequence(kv, &order_id, &at)
+            .and_then(|sequence| records::save_order(kv, &record(sequence)));
+        saved.map_err(|e| {
+            // The order does not exist, so it must not hold stock.
+            if let Err(release) = stock::release(kv, &order_id, &lines) {
+                eprintln!("checkout: releasing stock of unrecorded {order_id} failed: {release}");
+            }
+            store_unavailable(e)
+        })
+    })?;
 
     // The order is recorded: whatever happens to the event, the answer is "accepted".
     // An unpublished order is found and republished by redrive.
-    match publish(kv, &order_id, 0) {
+    match publish(kv, &order_id, 0, &order_context, None) {
         Ok(()) => eprintln!("checkout: order {order_id} accepted and published"),
         Err(e) => eprintln!("checkout: order {order_id} accepted but NOT published ({e}); redrive will republish it"),
     }
@@ -287,23 +349,56 @@ fn replayable(stored: &StoredResponse) -> Response {
 }
 
 /// Publishes the order-placed event for `epoch` and notes that the order reached Redis.
-fn publish(kv: &impl KeyValue, order_id: &str, epoch: u64) -> Result<(), String> {
+///
+/// The event carries the W3C context of its `PRODUCER` span (under `parent`, the
+/// order's trace), so fulfilment continues that trace. `link` ties a redrive's span to
+/// the admin request that caused it.
+fn publish(
+    kv: &impl KeyValue,
+    order_id: &str,
+    epoch: u64,
+    parent: &Context,
+    link: Option<&Context>,
+) -> Result<(), String> {
     let address = variable("redis_address")?;
     let channel = variable("orders_channel")?;
-    let event = OrderPlaced::new(
-        new_event_id(random_bytes()),
-        order_id.to_owned(),
-        epoch,
-        timestamp(now()),
-    );
-    let connection = spin_sdk::redis::Connection::open(&address)
-        .map_err(|e| format!("connecting to Redis: {e}"))?;
-    connection
-        .publish(&channel, &event.to_json())
-        .map_err(|e| format!("publishing to {channel}: {e}"))?;
-    kv.increment(&keys::order_published(order_id), 1)
-        .map_err(|e| e.to_string())?;
-    Ok(())
+    let event_id = new_event_id(random_bytes());
+    let tracer = tracer();
+    let mut span = tracer
+        .span_builder(format!("publish {channel}"))
+        .with_kind(SpanKind::Producer)
+        .with_attributes([
+            Attribute::new("messaging.system", "redis"),
+            Attribute::new("messaging.destination.name", channel.clone()),
+            Attribute::new("messaging.operation.type", "publish"),
+            Attribute::new("messaging.operation.name", "publish"),
+            Attribute::new("messaging.message.id", event_id.clone()),
+            Attribute::new("shop.order.id", order_id.to_owned()),
+            Attribute::new("shop.fulfilment.epoch", epoch as i64),
+        ]);
+    if let Some(link) = link {
+        span = span.with_links(vec![Link::with_context(link.span().span_context().clone())]);
+    }
+    let cx = parent.with_span(span.start_with_context(&tracer, parent));
+    let _active = cx.clone().attach();
+
+    let mut event = OrderPlaced::new(event_id, order_id.to_owned(), epoch, timestamp(now()));
+    event.traceparent = telemetry::traceparent(cx.span().span_context());
+    event.tracestate = telemetry::tracestate(cx.span().span_context());
+    let result = (|| -> Result<(), String> {
+        let connection = spin_sdk::redis::Connection::open(&address)
+            .map_err(|e| format!("connecting to Redis: {e}"))?;
+        connection
+            .publish(&channel, &event.to_json())
+            .map_err(|e| format!("publishing to {channel}: {e}"))?;
+        kv.increment(&keys::order_published(order_id), 1)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })();
+    if let Err(e) = &result {
+        telemetry::fail(&cx, e.clone());
+    }
+    result
 }
 
 pub fn get_order(id: &str) -> Response {
@@ -319,6 +414,9 @@ pub fn get_order(id: &str) -> Response {
             .counter(&keys::order_published(id))
             .map_err(store_unavailable)?
             > 0;
+        Context::current()
+            .span()
+            .set_attribute(Attribute::new("shop.order.id", id.to_owned()));
         Ok(json_response(200, &order_view(&order, published)))
     })())
 }
@@ -355,6 +453,25 @@ fn order_view(order: &Order, published: bool) -> Value {
         "event_published": published,
         "created_at": order.created_at,
         "updated_at": order.updated_at,
+        "trace_id": order.trace_id,
+        "trace_url": trace_url(order.trace_id.as_deref()),
+    })
+}
+
+/// Where a person sees the order's trace, from the `trace_viewer_url` variable: a
+/// template with `{trace_id}` (e.g. Jaeger's `http://127.0.0.1:16686/trace/{trace_id}`),
+/// or the base URL of the project's trace viewer. None when unset.
+fn trace_url(trace_id: Option<&str>) -> Option<String> {
+    let template = variable("trace_viewer_url").ok()?;
+    let template = template.trim();
+    let trace_id = trace_id?;
+    if template.is_empty() {
+        return None;
+    }
+    Some(if template.contains("{trace_id}") {
+        template.replace("{trace_id}", trace_id)
+    } else {
+        format!("{}/traces/{trace_id}", template.trim_end_matches('/'))
     })
 }
 
@@ -428,11 +545,20 @@ pub fn redrive(incoming: &Incoming) -> Response {
         let orders = records::unfinished_orders(&kv, now(), idle, limit as usize)
             .map_err(store_unavailable)?;
         let mut redriven = Vec::new();
+        let request = Context::current();
         for order in orders {
             let epoch = kv
                 .increment(&keys::fulfilment_epoch(&order.id), 1)
                 .map_err(store_unavailable)?;
-            let result = publish(&kv, &order.id, epoch as u64);
+            // Back in the order's own trace (linked to this admin request), or in this
+            // request's trace for an order placed untraced.
+            let order_trace = telemetry::remote_parent(order.traceparent.as_deref(), None);
+            let order_trace = if order_trace.has_active_span() {
+                order_trace
+            } else {
+                request.clone()
+            };
+            let result = publish(&kv, &order.id, epoch as u64, &order_trace, Some(&request));
             eprintln!("checkout: redrive {} epoch {epoch}: {result:?}", order.id);
             redriven.push(json!({
                 "order_id": order.id,

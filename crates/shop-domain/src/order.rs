@@ -104,6 +104,13 @@ pub struct Order {
     /// RFC 3339 UTC timestamps.
     pub created_at: String,
     pub updated_at: String,
+    /// The W3C trace the order was placed in (32 hex digits), if it was traced.
+    #[serde(default)]
+    pub trace_id: Option<String>,
+    /// `traceparent` of the span that first published the order: a redrive continues
+    /// the order's trace from it.
+    #[serde(default)]
+    pub traceparent: Option<String>,
 }
 
 impl Order {
@@ -197,6 +204,8 @@ pub(crate) mod tests {
             sequence: 1,
             created_at: "2026-11-24T00:00:00Z".into(),
             updated_at: "2026-11-24T00:00:00Z".into(),
+            trace_id: None,
+            traceparent: None,
         }
     }
 

@@ -107,3 +107,25 @@ fn sigterm_stops_the_runner_cleanly() {
     assert!(status.success(), "{status:?}\n{}", runner.process.log());
     assert!(runner.process.log().contains("spin-runner: shutting down"));
 }
+
+#[test]
+fn a_component_importing_wasi_otel_needs_the_experimental_flag() {
+    // As `spin up` without --experimental-wasi-otel: the traced build is refused at
+    // startup, naming the flag.
+    let scratch = Scratch::new("otel-flag");
+    let output = Command::new(runner_binary())
+        .args(["up", "--from"])
+        .arg(workspace_root().join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--variable",
+            &format!("redis_address=redis://127.0.0.1:{}", free_port()),
+        ])
+        .current_dir(scratch.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("wasi:otel"), "{stderr}");
+    assert!(stderr.contains("--experimental-wasi-otel"), "{stderr}");
+}
