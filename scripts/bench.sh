@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Throughput and latency of the shop under the local runner, printed, not asserted.
-# Starts its own redis-server, devmail and runner on free loopback ports, drives them
-# with wrk for a bounded time, and stops everything. Numbers depend on the machine;
-# compare them with Spin's own figures in ../shared/notes/spin-facts.md.
+# Starts its own redis-server, devmail, trace viewer and runner on free loopback ports,
+# drives them with wrk for a bounded time, and stops everything. Numbers depend on the
+# machine; docs/performance.md has the project's figures.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -32,7 +32,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cargo build --bins --locked -p devmail -p spin-runner >&2
+cargo build --bins --locked >&2
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no >"$work/redis.log" 2>&1 &
 pids+=("$!")
 until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
@@ -42,15 +42,32 @@ until redis-cli -p "$redis_port" ping >/dev/null 2>&1; do sleep 0.1; done
 redis-cli -p "$redis_port" SET shop:v1:stock:STICKER-PACK 100000000 >/dev/null
 redis-cli -p "$redis_port" SET shop:v1:stock-seeded:STICKER-PACK 1 >/dev/null
 
+viewer_port=$(free_port)
+target/debug/trace-viewer serve --listen "127.0.0.1:$viewer_port" >"$work/viewer.log" 2>&1 &
+pids+=("$!")
 target/debug/devmail --listen "127.0.0.1:$mail_port" >"$work/devmail.log" 2>&1 &
 pids+=("$!")
 printf '[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:%s"\n' "$redis_port" >"$work/runtime-config.toml"
-RUST_LOG=warn target/debug/spin-runner up --from spin.toml --listen "127.0.0.1:$http_port" \
-    --runtime-config-file "$work/runtime-config.toml" \
-    --variable "redis_address=redis://127.0.0.1:$redis_port" \
-    --variable "mail_api_base_url=http://127.0.0.1:$mail_port" >"$work/runner.log" 2>&1 &
-pids+=("$!")
-until curl -fsS "http://127.0.0.1:$http_port/api/products" >/dev/null 2>&1; do sleep 0.2; done
+
+# Starts the runner; with `export` its spans go to the trace viewer.
+runner=""
+start_runner() {
+    local env=()
+    [ "$1" = export ] && env=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$viewer_port")
+    env "${env[@]}" RUST_LOG=warn target/debug/spin-runner up --experimental-wasi-otel \
+        --from spin.toml --listen "127.0.0.1:$http_port" \
+        --runtime-config-file "$work/runtime-config.toml" \
+        --variable "redis_address=redis://127.0.0.1:$redis_port" \
+        --variable "mail_api_base_url=http://127.0.0.1:$mail_port" >>"$work/runner.log" 2>&1 &
+    runner="$!"
+    pids+=("$runner")
+    until curl -fsS "http://127.0.0.1:$http_port/api/products" >/dev/null 2>&1; do sleep 0.2; done
+}
+stop_runner() {
+    kill -TERM "$runner"
+    wait "$runner" 2>/dev/null || true
+}
+start_runner no-export
 
 cat >"$work/order.lua" <<'EOF'
 wrk.method = "POST"
@@ -72,3 +89,12 @@ emails=$(curl -fsS "http://127.0.0.1:$mail_port/__devmail/messages" | python3 -c
 echo
 echo "## Fulfilment"
 echo "orders accepted: ${placed:-0}; confirmation emails delivered 2 s after the load stopped: $emails"
+
+# The same load with every span exported (OTLP/HTTP protobuf to the trace viewer).
+stop_runner
+start_runner export
+echo
+echo "## POST /api/orders with spans exported to the trace viewer, ${duration}s, $connections connections"
+wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/order.lua" "http://127.0.0.1:$http_port/api/orders" | sed -n '/Latency Distribution/,$p'
+traces=$(curl -fsS "http://127.0.0.1:$viewer_port/api/traces" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["traces"]))')
+echo "traces held by the viewer afterwards: $traces (it keeps the newest 1000)"

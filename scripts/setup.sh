@@ -11,6 +11,9 @@ command -v redis-server >/dev/null 2>&1 || needed+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || needed+=(redis-tools)
 command -v curl >/dev/null 2>&1 || needed+=(curl)
 command -v cc >/dev/null 2>&1 || needed+=(build-essential)
+# The browser tests drive headless Chromium through its WebDriver.
+command -v chromium >/dev/null 2>&1 || needed+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || needed+=(chromium-driver)
 
 if [ "${#needed[@]}" -gt 0 ]; then
     say "installing Debian packages: ${needed[*]}"

@@ -17,14 +17,18 @@ use opentelemetry::{Context, KeyValue};
 /// request or message, so each handler installs its own).
 pub struct Tracing {
     #[cfg(feature = "otel")]
-    _provider: opentelemetry_sdk::trace::SdkTracerProvider,
+    _provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
 }
 
-/// Call first in each handler.
+/// Call first in each handler. A host that exports nothing (Spin without
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`) answers `outer-span-context` with an invalid context:
+/// then no provider is installed and spans cost next to nothing.
 pub fn start() -> Tracing {
     Tracing {
         #[cfg(feature = "otel")]
-        _provider: otel_bridge::install(),
+        _provider: otel_bridge::outer_context()
+            .has_active_span()
+            .then(otel_bridge::install),
     }
 }
 
@@ -37,14 +41,16 @@ pub fn tracer(component: &'static str) -> BoxedTracer {
 pub const ENABLED: bool = cfg!(feature = "otel");
 
 /// The parent of an HTTP handler's first span: the host's span for the request (which
-/// already continues an inbound `traceparent`), or without `otel` that inbound context.
+/// already continues an inbound `traceparent`), or, when the host does not trace, that
+/// inbound context itself.
 pub fn request_parent(traceparent: Option<&str>, tracestate: Option<&str>) -> Context {
     #[cfg(feature = "otel")]
     {
-        let _ = (traceparent, tracestate);
-        otel_bridge::outer_context()
+        let outer = otel_bridge::outer_context();
+        if outer.has_active_span() {
+            return outer;
+        }
     }
-    #[cfg(not(feature = "otel"))]
     remote_parent(traceparent, tracestate)
 }
 

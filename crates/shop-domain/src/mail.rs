@@ -1,7 +1,7 @@
 //! Confirmation emails: the message, the provider's HTTP request, and what the provider's
 //! answer means (sent, refused for good, or worth another try).
 //!
-//! Providers (wire formats in `shared/notes/mail-apis.md`): Resend, Postmark, SendGrid
+//! Providers (wire formats in `docs/mail-providers.md`): Resend, Postmark, SendGrid
 //! v3 and Mailpit (a local mail catcher). Only Resend takes an `Idempotency-Key`; for the
 //! others, the per-order fulfilment claim is what keeps an email from going out twice.
 

@@ -3,7 +3,7 @@
 //! Only three operations are needed, and all of them exist on every Spin key-value
 //! backend: `get`, `set` and the atomic `increment` of `wasi:keyvalue/atomics`.
 //! Compare-and-swap is deliberately not part of the port: on Spin's Redis backend it is
-//! unusable (see `shared/notes/spin-facts.md`), so correctness rests on `increment` alone.
+//! unusable (see `docs/spin-semantics.md`), so correctness rests on `increment` alone.
 //!
 //! Counters and plain values never share a key: Spin's backends encode counters
 //! differently (Redis: ASCII decimal, SQLite: 8-byte little-endian), so a counter is only

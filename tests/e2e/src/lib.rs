@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub mod browser;
+
 /// The admin token every test runner is started with.
 pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 /// The mail API key every test runner and dev mail API share.
@@ -79,7 +81,7 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, command: &mut Command, dir: &Path) -> Process {
+    pub fn spawn(name: &str, command: &mut Command, dir: &Path) -> Process {
         let log = dir.join(format!("{name}.log"));
         let out = fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
