@@ -172,7 +172,9 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
     }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let mut tasks = Vec::new();
+    // Every trigger runs until shutdown; one that ends with an error ends the runner,
+    // as a trigger's error ends `spin up`.
+    let mut triggers = tokio::task::JoinSet::new();
 
     if !app.http_routes.is_empty() {
         let mut routes = Vec::new();
@@ -208,14 +210,14 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
         }
         let mut rx = shutdown_rx.clone();
         let exporter = exporter.clone();
-        tasks.push(tokio::spawn(async move {
+        triggers.spawn(async move {
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            if let Err(e) = http_trigger::serve(listener, routes, exporter, stop).await {
-                tracing::error!("http trigger: {e:#}");
-            }
-        }));
+            http_trigger::serve(listener, routes, exporter, stop)
+                .await
+                .context("HTTP trigger")
+        });
     }
 
     let mut ready = Vec::new();
@@ -236,32 +238,48 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
         }
         let (tx, rx) = tokio::sync::oneshot::channel();
         ready.push(rx);
-        tasks.push(tokio::spawn(redis_trigger::run(
+        triggers.spawn(redis_trigger::run(
             address.clone(),
             handlers,
             exporter.clone(),
             tx,
             shutdown_rx.clone(),
-        )));
+        ));
     }
 
     let signals = shutdown_signal();
     tokio::pin!(signals);
     let all_ready = futures::future::join_all(ready);
-    tokio::select! {
-        _ = all_ready => println!("spin-runner: ready"),
-        () = &mut signals => {
-            let _ = shutdown_tx.send(true);
-            return Ok(());
+    tokio::pin!(all_ready);
+    // Until every trigger is ready, then until a signal, a trigger that fails stops all.
+    let mut announced = false;
+    let failure = loop {
+        tokio::select! {
+            _ = &mut all_ready, if !announced => {
+                announced = true;
+                println!("spin-runner: ready");
+            }
+            () = &mut signals => break None,
+            Some(ended) = triggers.join_next() => match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => break Some(e),
+                Err(e) => break Some(anyhow::Error::from(e).context("a trigger panicked")),
+            },
         }
-    }
-    signals.await;
+    };
     println!("spin-runner: shutting down");
     let _ = shutdown_tx.send(true);
-    // The HTTP trigger drains in-flight requests (bounded); the Redis subscribers stop
-    // taking messages.
-    futures::future::join_all(tasks).await;
-    Ok(())
+    // The HTTP trigger drains in-flight requests (bounded), the Redis triggers finish
+    // the message in hand (bounded).
+    while let Some(ended) = triggers.join_next().await {
+        if let Ok(Err(e)) = ended {
+            tracing::warn!("while stopping: {e:#}");
+        }
+    }
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -102,6 +102,11 @@ impl Process {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The exit status, if the process has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     fn assert_running(&mut self) {
         if let Ok(Some(status)) = self.child.try_wait() {
             panic!("{} exited with {status}:\n{}", self.name, self.log());
@@ -170,34 +175,54 @@ impl Drop for Scratch {
     }
 }
 
-/// A real `redis-server` on a free port, without persistence.
+/// A real `redis-server` on a free port.
 pub struct Redis {
     pub port: u16,
     process: Process,
     dir: PathBuf,
+    persistent: bool,
 }
 
 impl Redis {
+    /// Without persistence: a restart loses everything.
     pub fn start(scratch: &Scratch) -> Redis {
+        Self::start_with(scratch, false)
+    }
+
+    /// With an append-only file synced on every write, as `make up` runs it: a restart
+    /// (even after SIGKILL) keeps everything that was acknowledged.
+    pub fn start_persistent(scratch: &Scratch) -> Redis {
+        Self::start_with(scratch, true)
+    }
+
+    fn start_with(scratch: &Scratch, persistent: bool) -> Redis {
         let port = free_port();
         let redis = Redis {
             port,
-            process: Self::spawn(port, scratch.path()),
+            process: Self::spawn(port, scratch.path(), persistent),
             dir: scratch.path().to_owned(),
+            persistent,
         };
         redis.wait_until_up();
         redis
     }
 
-    fn spawn(port: u16, dir: &Path) -> Process {
-        Process::spawn(
-            &format!("redis-{port}"),
-            Command::new("redis-server")
-                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no"])
-                .current_dir(dir),
-            dir,
-        )
+    fn spawn(port: u16, dir: &Path, persistent: bool) -> Process {
+        let mut command = Command::new("redis-server");
+        command
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .current_dir(dir);
+        if persistent {
+            let data = dir.join(format!("redis-data-{port}"));
+            fs::create_dir_all(&data).expect("redis data dir");
+            command
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(data);
+        } else {
+            command.args(["--appendonly", "no"]);
+        }
+        Process::spawn(&format!("redis-{port}"), &mut command, dir)
     }
 
     fn wait_until_up(&self) {
@@ -212,11 +237,19 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Stops the server and starts a fresh one on the same port: every connection drops
-    /// and the data is gone, as with a restarted Redis without persistence.
+    /// Stops the server and starts it again on the same port: every connection drops;
+    /// the data survives only if it is persistent.
     pub fn restart(&mut self) {
         self.process.stop();
-        self.process = Self::spawn(self.port, &self.dir);
+        self.process = Self::spawn(self.port, &self.dir, self.persistent);
+        self.wait_until_up();
+    }
+
+    /// Kills the server with SIGKILL (no chance to save anything) and starts it again.
+    pub fn kill_and_restart(&mut self) {
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
+        self.process = Self::spawn(self.port, &self.dir, self.persistent);
         self.wait_until_up();
     }
 

@@ -129,3 +129,30 @@ fn a_component_importing_wasi_otel_needs_the_experimental_flag() {
     assert!(stderr.contains("wasi:otel"), "{stderr}");
     assert!(stderr.contains("--experimental-wasi-otel"), "{stderr}");
 }
+
+#[test]
+fn without_redis_at_startup_the_runner_fails_at_once() {
+    // As `spin up`: the Redis trigger cannot subscribe, so the runner stops with an error
+    // instead of waiting forever.
+    let scratch = Scratch::new("no-redis");
+    let port = free_port();
+    let started = std::time::Instant::now();
+    let output = Command::new(runner_binary())
+        .args(["up", "--experimental-wasi-otel", "--from"])
+        .arg(workspace_root().join("spin.toml"))
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args([
+            "--variable",
+            &format!("redis_address=redis://127.0.0.1:{port}"),
+        ])
+        .current_dir(scratch.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot subscribe at redis://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}

@@ -434,45 +434,89 @@ fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
 }
 
 #[test]
-fn the_shop_survives_a_redis_restart() {
-    let mut shop = Shop::start("redis-restart", RunnerOptions::default());
-    let before = shop.place("SPIN-MUG", 1, APPROVED_CARD);
-    shop.runner.wait_for_order(&before, "settled", settled);
-    shop.redis.restart();
-    // The runner resubscribes by itself.
-    shop.redis.wait_for_subscribers(CHANNEL, 1);
-    // The first call on a dropped connection may fail; the shop says so with a 503 and
-    // Retry-After (never a 500, never a false success), and the retry goes through.
-    let order_id = wait_for(
-        "an order to be accepted after the restart",
-        Duration::from_secs(10),
-        || {
-            let reply = shop.runner.post_json(
-                "/api/orders",
-                &order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com"),
-                None,
-            );
-            match reply.status {
-                202 => Some(reply.body["order_id"].as_str().unwrap().to_owned()),
-                503 => None,
-                other => panic!("unexpected {other}: {reply:?}"),
-            }
-        },
+fn a_redis_restart_ends_the_runner_as_it_ends_spin_and_a_restart_loses_nothing() {
+    let scratch = Scratch::new("redis-restart");
+    let mut redis = Redis::start_persistent(&scratch);
+    let mail = DevMail::start(&scratch);
+    let mut runner = Runner::start(&scratch, &redis, &mail, RunnerOptions::default());
+    redis.wait_for_subscribers(CHANNEL, 1);
+    let reply = runner.post_json(
+        "/api/orders",
+        &order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com"),
+        None,
     );
-    // The publish may have hit the dropped connection too: then the order is recorded as
-    // accepted but unpublished, and redrive completes it.
-    let (_, order) = shop.runner.get(&format!("/api/orders/{order_id}"));
-    if order["event_published"] == false {
-        let (status, body) = shop
-            .runner
-            .admin_post("/api/admin/redrive?older_than_seconds=0");
-        assert_eq!(status, 200, "{body}");
-    }
-    let order = shop.runner.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(reply.status, 202, "{reply:?}");
+    let before = reply.body["order_id"].as_str().unwrap().to_owned();
+    runner.wait_for_order(&before, "settled", settled);
+    let stock = runner.available("SPIN-MUG");
+
+    redis.kill_and_restart();
+    // As `spin up`: the subscription ends, the trigger ends with an error, the process
+    // exits non-zero, saying why.
+    let status = wait_for("the runner to exit", Duration::from_secs(15), || {
+        runner.process.exited()
+    });
+    assert!(!status.success(), "{status:?}");
+    let log = runner.process.log();
+    assert!(
+        log.contains(&format!(
+            "disconnected from redis://127.0.0.1:{}",
+            redis.port
+        )),
+        "{log}"
+    );
+
+    // What a supervisor does: start it again. Redis kept every acknowledged write.
+    let runner = Runner::start(&scratch, &redis, &mail, RunnerOptions::default());
+    redis.wait_for_subscribers(CHANNEL, 1);
+    let (status, order_before) = runner.get(&format!("/api/orders/{before}"));
+    assert_eq!(status, 200, "{order_before}");
+    assert_eq!(order_before["status"], "confirmed");
+    assert_eq!(order_before["notification"]["state"], "sent");
+    assert_eq!(runner.available("SPIN-MUG"), stock);
+    let after = runner.post_json(
+        "/api/orders",
+        &order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com"),
+        None,
+    );
+    assert_eq!(after.status, 202, "{after:?}");
+    let order = runner.wait_for_order(after.body["order_id"].as_str().unwrap(), "settled", settled);
     assert_eq!(order["status"], "confirmed", "{order}");
-    let log = shop.runner.process.log();
-    assert!(log.contains("lost the connection"), "{log}");
-    assert!(log.contains("reconnected to"), "{log}");
+    assert_eq!(emails_to_order(&mail, &before).len(), 1);
+}
+
+#[test]
+fn messages_are_handled_one_at_a_time_as_spin_handles_them() {
+    let shop = Shop::start("serial", RunnerOptions::default());
+    // Every send takes 300 ms: three orders' emails go out one after the other.
+    let response = http()
+        .post(format!("{}/__devmail/faults", shop.mail.base_url))
+        .json(&json!({ "count": 3, "delay_ms": 300 }))
+        .send()
+        .unwrap();
+    assert!(response.status().is_success());
+    let started = std::time::Instant::now();
+    let ids: Vec<String> = (0..3)
+        .map(|_| shop.place("STICKER-PACK", 1, APPROVED_CARD))
+        .collect();
+    for id in &ids {
+        shop.runner.wait_for_order(id, "settled", settled);
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(900),
+        "three 300 ms sends overlapped: {elapsed:?}"
+    );
+    // In the order they were published.
+    let sent: Vec<String> = shop
+        .mail
+        .messages()
+        .iter()
+        .filter_map(|m| m["subject"].as_str().map(str::to_owned))
+        .collect();
+    for (id, subject) in ids.iter().zip(&sent) {
+        assert!(subject.contains(id.as_str()), "{sent:?}");
+    }
 }
 
 #[test]

@@ -1,7 +1,14 @@
-//! Spin's Redis trigger: SUBSCRIBE to every channel mapped to a component, and run each
-//! message in a fresh instance of each of them. Like Spin, a failed handler is only
-//! logged (no retry, no acknowledgement). Unlike a bare subscriber, a lost connection
-//! (a Redis restart) is retried with capped exponential backoff, and the log says so.
+//! Spin's Redis trigger, with Spin's semantics (its `crates/trigger-redis`):
+//!
+//! - one subscriber (one connection) per distinct address, SUBSCRIBEd to every channel
+//!   mapped to a component there;
+//! - its messages are handled one at a time, in order: every component of the channel
+//!   runs (concurrently) in a fresh instance, and the next message waits until all have
+//!   finished;
+//! - a failed handler is only logged: no retry, no acknowledgement;
+//! - Redis unreachable at startup fails the runner at once, and a subscription that ends
+//!   (Redis restarted) ends the trigger with an error, and so the runner: no reconnect.
+//!   Something outside (a supervisor, Kubernetes) restarts it, as it must restart Spin.
 //!
 //! Traced as Spin traces it: each message is a `CONSUMER` span `<channel> receive` in
 //! a trace of its own (pub/sub carries no context), the outer span of its instances.
@@ -10,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use futures::StreamExt;
 use tokio::sync::watch;
 use tracing::Instrument;
@@ -51,73 +59,46 @@ pub struct Handler {
     pub pre: RedisTriggerPre<InstanceState>,
 }
 
-const FIRST_RETRY: Duration = Duration::from_millis(100);
-const MAX_RETRY: Duration = Duration::from_secs(5);
+/// How long the message being handled may take to finish once shutdown begins.
+const DRAIN: Duration = Duration::from_secs(5);
 
-/// Subscribes at `address` and dispatches until `shutdown` turns true. `ready` is told
-/// once the first subscription is in place.
+/// Subscribes at `address` and handles its messages until `shutdown` turns true.
+/// `ready` is told once subscribed. An error ends the trigger: Redis unreachable at
+/// startup, or the subscription lost.
 pub async fn run(
     address: String,
     channels: BTreeMap<String, Vec<Arc<Handler>>>,
     exporter: Option<Arc<Exporter>>,
     ready: tokio::sync::oneshot::Sender<()>,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> anyhow::Result<()> {
     let shown = redact(&address);
     let names: Vec<&String> = channels.keys().collect();
-    let mut ready = Some(ready);
-    let mut delay = FIRST_RETRY;
-    let mut was_connected = false;
-    // Handlers still running; on shutdown they get [`DRAIN`] to finish.
-    let mut in_flight = tokio::task::JoinSet::new();
+    let mut pubsub = subscribe(&address, &names)
+        .await
+        .with_context(|| format!("Redis trigger: cannot subscribe at {shown}"))?;
+    println!("Subscribed to channel(s) {names:?} at {shown}");
+    let _ = ready.send(());
+    let mut messages = pubsub.on_message();
     loop {
-        match subscribe(&address, &names).await {
-            Ok(mut pubsub) => {
-                if was_connected {
-                    tracing::warn!(
-                        "redis trigger: reconnected to {shown}, subscribed again to {names:?}"
-                    );
-                } else {
-                    println!("Subscribed to channel(s) {names:?} at {shown}");
-                }
-                was_connected = true;
-                delay = FIRST_RETRY;
-                if let Some(ready) = ready.take() {
-                    let _ = ready.send(());
-                }
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => dispatch(&channels, exporter.as_deref(), message, &mut in_flight),
-                            None => break,
-                        },
-                        Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
-                        _ = shutdown.changed() => return drain(in_flight).await,
-                    }
-                }
-                tracing::warn!("redis trigger: lost the connection to {shown}; reconnecting");
-            }
-            Err(e) => tracing::warn!(
-                "redis trigger: cannot subscribe at {shown}: {e}; retrying in {} ms",
-                delay.as_millis()
-            ),
-        }
+        let message = tokio::select! {
+            message = messages.next() => message,
+            _ = shutdown.changed() => return Ok(()),
+        };
+        let Some(message) = message else {
+            anyhow::bail!("Redis trigger: disconnected from {shown}");
+        };
+        let handled = handle_message(&channels, exporter.as_deref(), message);
+        tokio::pin!(handled);
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return drain(in_flight).await,
+            () = &mut handled => {}
+            _ = shutdown.changed() => {
+                if tokio::time::timeout(DRAIN, handled).await.is_err() {
+                    tracing::warn!("redis trigger: a message was still being handled after {DRAIN:?}; stopping anyway");
+                }
+                return Ok(());
+            }
         }
-        delay = (delay * 2).min(MAX_RETRY);
-    }
-}
-
-/// How long in-flight messages may take to finish once shutdown begins.
-const DRAIN: Duration = Duration::from_secs(5);
-
-async fn drain(mut in_flight: tokio::task::JoinSet<()>) {
-    let all = async { while in_flight.join_next().await.is_some() {} };
-    if tokio::time::timeout(DRAIN, all).await.is_err() {
-        tracing::warn!("redis trigger: handlers still running after {DRAIN:?}; stopping anyway");
     }
 }
 
@@ -130,19 +111,19 @@ async fn subscribe(address: &str, channels: &[&String]) -> redis::RedisResult<re
     Ok(pubsub)
 }
 
-fn dispatch(
+/// Runs every component of the message's channel on it, and returns when all are done.
+async fn handle_message(
     channels: &BTreeMap<String, Vec<Arc<Handler>>>,
     exporter: Option<&Exporter>,
     message: redis::Msg,
-    in_flight: &mut tokio::task::JoinSet<()>,
 ) {
     let channel = message.get_channel_name().to_owned();
     let Some(handlers) = channels.get(&channel) else {
         return;
     };
-    let payload: Arc<[u8]> = message.get_payload_bytes().into();
+    let payload = message.get_payload_bytes();
     // One span per message, the outer span of every component's instance.
-    let receive_span = Arc::new(std::sync::Mutex::new(match exporter {
+    let mut receive_span = match exporter {
         Some(exporter) => exporter.start(
             format!("{channel} receive"),
             SpanKind::Consumer,
@@ -155,40 +136,34 @@ fn dispatch(
             ],
         ),
         None => HostSpan::none(),
-    }));
-    for handler in handlers {
-        let handler = handler.clone();
-        let payload = payload.clone();
-        let channel = channel.clone();
-        let receive_span = receive_span.clone();
-        let log_span =
-            tracing::info_span!("redis", component = %handler.component.id, channel = %channel);
-        in_flight.spawn(
-            async move {
-                let id = handler.component.id.clone();
-                let started = std::time::Instant::now();
-                let outer = lock(&receive_span).span_context();
-                match handle(&handler, outer, &payload).await {
-                    Ok(()) => tracing::info!(
-                        component = id,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "message on {channel} handled"
-                    ),
-                    Err(e) => {
-                        tracing::error!(component = id, "message on {channel} failed: {e:#}");
-                        lock(&receive_span).fail(format!("{id}: {e:#}"));
-                    }
-                }
-                // The span ends with the last handler of the message.
-                drop(receive_span);
+    };
+    let outer = receive_span.span_context();
+    let runs = handlers.iter().map(|handler| {
+        let id = handler.component.id.clone();
+        let log_span = tracing::info_span!("redis", component = %id, channel = %channel);
+        let outer = outer.clone();
+        let channel = &channel;
+        async move {
+            let started = std::time::Instant::now();
+            let result = handle(handler, outer, payload).await;
+            match &result {
+                Ok(()) => tracing::info!(
+                    component = id,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "message on {channel} handled"
+                ),
+                // As Spin: logged, nothing more.
+                Err(e) => tracing::error!(component = id, "message on {channel} failed: {e:#}"),
             }
-            .instrument(log_span),
-        );
+            result.map_err(|e| format!("{id}: {e:#}"))
+        }
+        .instrument(log_span)
+    });
+    for result in futures::future::join_all(runs).await {
+        if let Err(e) = result {
+            receive_span.fail(e);
+        }
     }
-}
-
-fn lock(span: &std::sync::Mutex<HostSpan>) -> std::sync::MutexGuard<'_, HostSpan> {
-    span.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// One message in a fresh instance.
