@@ -28,6 +28,9 @@ use providers::{Answer, Provider};
 
 /// Largest request body accepted (larger: 413 in the provider's shape).
 const MAX_BODY: usize = 1024 * 1024;
+/// How much of a larger body is still read (and dropped) before answering 413, so that a
+/// client still sending gets the answer rather than a reset connection.
+const MAX_BODY_DRAINED: usize = 16 * MAX_BODY;
 /// Resend's limit on `Idempotency-Key`.
 const MAX_IDEMPOTENCY_KEY: usize = 256;
 
@@ -79,6 +82,10 @@ struct Faults {
     status: u16,
     #[serde(default)]
     delay_ms: u64,
+    /// Refuse the sender as unverified, whatever its domain (a provider whose domain
+    /// verification lapsed for a while).
+    #[serde(default)]
+    unverified: bool,
 }
 
 /// Resend idempotency: the body's hash and the answer given, or "still running".
@@ -190,7 +197,7 @@ async fn route(app: &DevMail, req: Request<Incoming>) -> Response<Full<Bytes>> {
                     app.state().faults = faults.clone();
                     Answer::json(
                         200,
-                        json!({ "count": faults.count, "status": faults.status, "delay_ms": faults.delay_ms }),
+                        json!({ "count": faults.count, "status": faults.status, "delay_ms": faults.delay_ms, "unverified": faults.unverified }),
                     )
                 }
                 Err(e) => Answer::json(
@@ -223,12 +230,17 @@ async fn route(app: &DevMail, req: Request<Incoming>) -> Response<Full<Bytes>> {
         .unwrap_or_else(|_| Response::new(Full::new(Bytes::from_static(b"internal error"))))
 }
 
+/// The request body, or Err if it is over [`MAX_BODY`] (or unreadable).
 async fn read_body(req: Request<Incoming>) -> Result<Bytes, ()> {
-    Limited::new(req.into_body(), MAX_BODY)
+    let body = Limited::new(req.into_body(), MAX_BODY_DRAINED)
         .collect()
         .await
         .map(|c| c.to_bytes())
-        .map_err(|_| ())
+        .map_err(|_| ())?;
+    if body.len() > MAX_BODY {
+        return Err(());
+    }
+    Ok(body)
 }
 
 /// [`send`] in a `SERVER` span continuing the caller's trace, as the provider's own
@@ -290,12 +302,6 @@ async fn send(app: &DevMail, req: Request<Incoming>) -> Answer {
 
     let answer = send_inner(app, provider, req, &header, idempotency_key.as_deref()).await;
     let mut state = app.state();
-    if let Some(key) = &idempotency_key {
-        // A request that ended without an answer to remember frees its key.
-        if matches!(state.idempotency.get(key), Some(Remembered::InProgress)) {
-            state.idempotency.remove(key);
-        }
-    }
     state.attempts.push(Attempt {
         provider: provider.name(),
         path,
@@ -315,7 +321,7 @@ async fn send_inner(
 ) -> Answer {
     let body = match read_body(req).await {
         Ok(body) => body,
-        Err(()) => return providers::error(provider, 413, "413", "Request entity too large"),
+        Err(()) => return providers::too_large(provider),
     };
 
     // Injected faults come first: the provider is "down" whatever the request says.
@@ -328,12 +334,54 @@ async fn send_inner(
             None
         }
     };
-    if let Some(fault) = &fault {
-        if let (Some(key), true) = (idempotency_key, fault.delay_ms > 0) {
-            app.state()
-                .idempotency
-                .insert(key.to_owned(), Remembered::InProgress);
+    // A delayed request holds its Resend key "in progress" meanwhile; only the request
+    // that marked the key frees it, if it ends without an answer to remember.
+    let claimed = match (idempotency_key, &fault) {
+        (Some(key), Some(fault)) if fault.delay_ms > 0 => {
+            let mut state = app.state();
+            let free = !state.idempotency.contains_key(key);
+            if free {
+                state
+                    .idempotency
+                    .insert(key.to_owned(), Remembered::InProgress);
+            }
+            free.then_some(key)
         }
+        _ => None,
+    };
+    let holds_key = claimed.is_some();
+    let answer = answer_send(
+        app,
+        provider,
+        &body,
+        fault,
+        holds_key,
+        header,
+        idempotency_key,
+    )
+    .await;
+    if let Some(key) = claimed {
+        let mut state = app.state();
+        if matches!(state.idempotency.get(key), Some(Remembered::InProgress)) {
+            state.idempotency.remove(key);
+        }
+    }
+    answer
+}
+
+/// The answer to a send request whose body is read and whose fault, if any, is drawn.
+/// `holds_key`: this request marked its idempotency key in progress.
+async fn answer_send(
+    app: &DevMail,
+    provider: Provider,
+    body: &[u8],
+    fault: Option<Faults>,
+    holds_key: bool,
+    header: &impl Fn(&str) -> Option<String>,
+    idempotency_key: Option<&str>,
+) -> Answer {
+    let refuse_sender = fault.as_ref().is_some_and(|f| f.unverified);
+    if let Some(fault) = fault {
         if fault.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(fault.delay_ms)).await;
         }
@@ -345,9 +393,9 @@ async fn send_inner(
     if let Err(answer) = providers::authenticate(provider, header, app.api_key.as_deref()) {
         return answer;
     }
-    let hash = body_hash(&body);
+    let hash = body_hash(body);
     if let Some(key) = idempotency_key {
-        if key.len() > MAX_IDEMPOTENCY_KEY {
+        if key.is_empty() || key.len() > MAX_IDEMPOTENCY_KEY {
             return providers::error(
                 provider,
                 400,
@@ -360,17 +408,17 @@ async fn send_inner(
             Some(Remembered::Done(..)) => {
                 return providers::error(provider, 409, "invalid_idempotent_request", "Same idempotency key used with a different request payload. Change your idempotency key or payload.")
             }
-            Some(Remembered::InProgress) if fault.is_none() => {
+            Some(Remembered::InProgress) if !holds_key => {
                 return providers::error(provider, 409, "concurrent_idempotent_requests", "Same idempotency key used while original request is still in progress. Try the request again later.")
             }
             _ => {}
         }
     }
-    let mail = match providers::parse(provider, &body) {
+    let mail = match providers::parse(provider, body) {
         Ok(mail) => mail,
         Err(answer) => return answer,
     };
-    if provider != Provider::Mailpit && !app.verified(&mail.from) {
+    if provider != Provider::Mailpit && (refuse_sender || !app.verified(&mail.from)) {
         return providers::unverified_sender(provider, &mail.from);
     }
 

@@ -62,8 +62,8 @@ impl Answer {
     }
 }
 
-/// An error in `provider`'s own shape. `code` is the provider's error name (Resend) or
-/// number (Postmark); others ignore it.
+/// An error in `provider`'s own shape. `code` is the provider's error name (Resend),
+/// number (Postmark) or offending field (SendGrid, empty for none); Mailpit has none.
 pub fn error(provider: Provider, status: u16, code: &str, message: &str) -> Answer {
     match provider {
         Provider::Resend => Answer::json(
@@ -75,14 +75,16 @@ pub fn error(provider: Provider, status: u16, code: &str, message: &str) -> Answ
             json!({ "ErrorCode": code.parse::<i64>().unwrap_or(0), "Message": message }),
         ),
         Provider::SendGrid => {
-            let field = (!code.is_empty()).then_some(code);
-            Answer::json(
-                status,
-                json!({ "errors": [{ "message": message, "field": field, "help": null }] }),
-            )
+            // SendGrid's description types `field` as a string and `help` as an object
+            // (both "when applicable"), so they are left out rather than sent as null.
+            let mut error = json!({ "message": message });
+            if !code.is_empty() {
+                error["field"] = json!(code);
+            }
+            Answer::json(status, json!({ "errors": [error] }))
         }
-        // Mailpit answers errors as plain text.
-        Provider::Mailpit => Answer::text(status, message),
+        // Mailpit's `JSONErrorResponse`: `{"Error": "..."}`.
+        Provider::Mailpit => Answer::json(status, json!({ "Error": message })),
     }
 }
 
@@ -93,11 +95,34 @@ pub fn injected(provider: Provider, status: u16) -> Answer {
         (Provider::Resend, _) => ("internal_server_error", "An unexpected error occurred."),
         (Provider::Postmark, 429) => ("429", "Rate limit exceeded."),
         (Provider::Postmark, _) => ("0", "Internal server error."),
-        (Provider::SendGrid, 429) => ("", "too many requests"),
-        (Provider::SendGrid, _) => ("", "internal error"),
+        (Provider::SendGrid | Provider::Mailpit, 429) => ("", "too many requests"),
+        (Provider::SendGrid, _) => ("", "internal server error"),
         (Provider::Mailpit, _) => ("", "service unavailable"),
     };
     error(provider, status, code, message)
+}
+
+/// The refusal of a body over the size limit.
+pub fn too_large(provider: Provider) -> Answer {
+    match provider {
+        Provider::Resend => error(
+            provider,
+            413,
+            "validation_error",
+            "Request body is too large.",
+        ),
+        Provider::Postmark => error(
+            provider,
+            413,
+            "300",
+            "Request too large: the request exceeded the size limit.",
+        ),
+        // The example of SendGrid's documented 413 answer.
+        Provider::SendGrid => error(provider, 413, "", "content too large"),
+        // What Mailpit's send handler answers (Go's `http.MaxBytesError`), though its
+        // description lists only 200 and 400.
+        Provider::Mailpit => error(provider, 413, "", "http: request body too large"),
+    }
 }
 
 /// A send request reduced to what every provider has.
@@ -113,9 +138,10 @@ pub struct Mail {
 /// Reads `body` as `provider`'s request shape, or answers with its validation error.
 pub fn parse(provider: Provider, body: &[u8]) -> Result<Mail, Answer> {
     let value: Value = serde_json::from_slice(body).map_err(|e| match provider {
+        // Resend documents `validation_error` as a 400.
         Provider::Resend => error(
             provider,
-            422,
+            400,
             "validation_error",
             &format!("Invalid JSON: {e}"),
         ),
@@ -126,34 +152,13 @@ pub fn parse(provider: Provider, body: &[u8]) -> Result<Mail, Answer> {
             &format!("Received invalid JSON input: {e}"),
         ),
         Provider::SendGrid => error(provider, 400, "", "Bad Request"),
-        Provider::Mailpit => error(provider, 400, "", &format!("invalid JSON: {e}")),
+        Provider::Mailpit => error(provider, 400, "", &e.to_string()),
     })?;
     let text = |v: &Value, key: &str| {
         v.get(key)
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned()
-    };
-    let missing = |field: &str| match provider {
-        Provider::Resend => error(
-            provider,
-            422,
-            "missing_required_field",
-            &format!("Missing `{field}` field."),
-        ),
-        Provider::Postmark => error(
-            provider,
-            422,
-            "300",
-            &format!("Invalid email request: '{field}' is required."),
-        ),
-        Provider::SendGrid => error(
-            provider,
-            400,
-            field,
-            &format!("The {field} field is required."),
-        ),
-        Provider::Mailpit => error(provider, 400, "", &format!("{field} is required")),
     };
     let mail = match provider {
         Provider::Resend => Mail {
@@ -209,7 +214,16 @@ pub fn parse(provider: Provider, body: &[u8]) -> Result<Mail, Answer> {
                     .map(|t| text(t, "email"))
                     .filter(|e| !e.is_empty())
                     .collect(),
-                subject: text(&value, "subject"),
+                // The message-level subject, or the one a personalization sets.
+                subject: Some(text(&value, "subject"))
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| {
+                        value
+                            .pointer("/personalizations/0/subject")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_default(),
                 text: content("text/plain"),
                 html: content("text/html"),
             }
@@ -219,43 +233,105 @@ pub fn parse(provider: Provider, body: &[u8]) -> Result<Mail, Answer> {
                 .get("From")
                 .map(|f| text(f, "Email"))
                 .unwrap_or_default(),
-            to: value
-                .get("To")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .map(|t| text(t, "Email"))
-                .filter(|e| !e.is_empty())
-                .collect(),
+            to: mailpit_recipients(&value)?,
             subject: text(&value, "Subject"),
             text: text(&value, "Text"),
             html: text(&value, "HTML"),
         },
     };
+    match refusal(provider, &mail) {
+        Some(answer) => Err(answer),
+        None => Ok(mail),
+    }
+}
+
+/// `provider`'s refusal of a request without sender, recipient or subject, or with a
+/// malformed sender, in its own words; None if it would accept it.
+fn refusal(provider: Provider, mail: &Mail) -> Option<Answer> {
+    let (no_from, no_to, no_subject) = (
+        mail.from.is_empty(),
+        mail.to.is_empty(),
+        mail.subject.is_empty(),
+    );
+    if provider == Provider::Mailpit {
+        // What Mailpit's message builder checks, in its order and words. Its description
+        // requires only `From` (Cc or Bcc alone are recipients enough), and it takes any
+        // sender address.
+        let reason = match (no_from, no_subject, no_to) {
+            (true, _, _) => "from not set",
+            (_, true, _) => "subject not set",
+            (_, _, true) => "no recipients (to, cc, bcc) set",
+            _ => return None,
+        };
+        let message = format!("error building message: {reason}");
+        return Some(error(provider, 400, "", &message));
+    }
     let names = match provider {
         Provider::Resend => ["from", "to", "subject"],
         Provider::Postmark => ["From", "To", "Subject"],
-        Provider::SendGrid => ["from", "personalizations", "subject"],
-        Provider::Mailpit => ["From", "To", "Subject"],
+        _ => ["from", "personalizations", "subject"],
     };
-    if mail.from.is_empty() {
-        return Err(missing(names[0]));
-    }
-    if mail.to.is_empty() {
-        return Err(missing(names[1]));
-    }
-    if mail.subject.is_empty() {
-        return Err(missing(names[2]));
-    }
-    if !mail.from.contains('@') {
-        return Err(match provider {
-            Provider::Resend => error(provider, 422, "invalid_from_address", "Invalid `from` field. The email address needs to follow the `email@example.com` or `Name <email@example.com>` format."),
-            Provider::Postmark => error(provider, 422, "300", "Invalid 'From' address."),
-            Provider::SendGrid => error(provider, 400, "from.email", "The from email does not contain a valid address."),
-            Provider::Mailpit => error(provider, 400, "", "invalid From address"),
+    let missing = [no_from, no_to, no_subject]
+        .iter()
+        .position(|&absent| absent);
+    if let Some(field) = missing.map(|i| names[i]) {
+        return Some(match provider {
+            Provider::Resend => error(
+                provider,
+                422,
+                "missing_required_field",
+                &format!("Missing `{field}` field."),
+            ),
+            Provider::Postmark => error(
+                provider,
+                422,
+                "300",
+                &format!("Invalid email request: '{field}' is required."),
+            ),
+            _ => error(
+                provider,
+                400,
+                field,
+                &format!("The {field} field is required."),
+            ),
         });
     }
-    Ok(mail)
+    if mail.from.contains('@') {
+        return None;
+    }
+    Some(match provider {
+        Provider::Resend => error(provider, 422, "invalid_from_address", "Invalid `from` field. The email address needs to follow the `email@example.com` or `Name <email@example.com>` format."),
+        Provider::Postmark => error(provider, 422, "300", "Invalid 'From' address."),
+        _ => error(provider, 400, "from.email", "The from email does not contain a valid address."),
+    })
+}
+
+/// Every recipient of a Mailpit request (To, Cc, Bcc), or its refusal of a bad address.
+fn mailpit_recipients(value: &Value) -> Result<Vec<String>, Answer> {
+    let addresses = |field: &'static str| {
+        value
+            .get(field)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .map(move |a| {
+                // To and Cc are `{Email, Name}` objects, Bcc plain addresses.
+                let email = a.get("Email").unwrap_or(a);
+                (field, email.as_str().unwrap_or_default().to_owned())
+            })
+    };
+    let mut recipients = Vec::new();
+    for (field, email) in addresses("To")
+        .chain(addresses("Cc"))
+        .chain(addresses("Bcc"))
+    {
+        if !email.contains('@') {
+            let message = format!("invalid {field} address: {email}");
+            return Err(error(Provider::Mailpit, 400, "", &message));
+        }
+        recipients.push(email);
+    }
+    Ok(recipients)
 }
 
 /// The domain of an address like `Name <a@b.com>` or `a@b.com`.
@@ -300,7 +376,12 @@ pub fn unverified_sender(provider: Provider, from: &str) -> Answer {
 
 fn unreachable_for_mailpit() -> Answer {
     // Mailpit has no sender verification; callers never ask for it.
-    Answer::text(500, "mailpit has no sender verification")
+    error(
+        Provider::Mailpit,
+        500,
+        "",
+        "mailpit has no sender verification",
+    )
 }
 
 /// Checks the provider's credential header against `api_key` (any non-empty key when
@@ -329,6 +410,8 @@ pub fn authenticate(
         (Provider::Resend, false) => error(provider, 401, "missing_api_key", "Missing API key in the authorization header. Include the following header in the request: Authorization: Bearer YOUR_API_KEY"),
         (Provider::Resend, true) => error(provider, 403, "invalid_api_key", "API key is invalid"),
         (Provider::Postmark, _) => error(provider, 401, "10", "Request does not contain a valid Server token."),
+        // The example of SendGrid's documented 401 answer, for a request without a key.
+        (_, false) => error(provider, 401, "", "authorization required"),
         _ => error(provider, 401, "", "The provided authorization grant is invalid, expired, or revoked"),
     })
 }
@@ -392,6 +475,38 @@ mod tests {
         let err = parse(Provider::Resend, br#"{"from":"a@x.com","subject":"s"}"#).unwrap_err();
         assert_eq!(err.status, 422);
         assert!(String::from_utf8_lossy(&err.body).contains("missing_required_field"));
+    }
+
+    #[test]
+    fn documented_variants_and_mailpits_own_refusals() {
+        // SendGrid: a personalization may carry the subject.
+        let m = parse(Provider::SendGrid, br#"{"personalizations":[{"to":[{"email":"b@y.com"}],"subject":"s"}],"from":{"email":"a@x.com"}}"#).unwrap();
+        assert_eq!(m.subject, "s");
+        // Mailpit: Cc alone is a recipient; refusals are `{"Error"}` with a 400.
+        let m = parse(
+            Provider::Mailpit,
+            br#"{"From":{"Email":"a"},"Cc":[{"Email":"c@y.com"}],"Bcc":["d@y.com"],"Subject":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(m.to, ["c@y.com", "d@y.com"]);
+        for (body, words) in [
+            (&b"{"[..], "EOF while parsing an object at line 1 column 1"),
+            (
+                br#"{"Subject":"s"}"#,
+                "error building message: from not set",
+            ),
+            (
+                br#"{"From":{"Email":"a@x.com"},"To":[{"Email":"b@y.com"}]}"#,
+                "error building message: subject not set",
+            ),
+            (
+                br#"{"From":{"Email":"a@x.com"},"Bcc":["nobody"],"Subject":"s"}"#,
+                "invalid Bcc address: nobody",
+            ),
+        ] {
+            let refused = parse(Provider::Mailpit, body).unwrap_err();
+            assert_eq!(refused, Answer::json(400, json!({ "Error": words })));
+        }
     }
 
     #[test]

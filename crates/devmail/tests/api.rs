@@ -231,6 +231,22 @@ fn injected_faults_fail_or_delay_exactly_the_next_requests() {
     assert_eq!(s4, 200);
     assert!(started.elapsed() >= Duration::from_millis(300));
 
+    // A lapse of sender verification: the next send is refused as the provider refuses
+    // an unverified domain, though shop.test is verified.
+    client
+        .post(format!("{}/__devmail/faults", mail.base))
+        .json(&json!({"count": 1, "unverified": true}))
+        .send()
+        .unwrap();
+    let (s5, b5, _) = mail.post("/emails", &[KEY], &resend("b@shop.test"));
+    assert_eq!(s5, 403);
+    assert!(b5["message"]
+        .as_str()
+        .unwrap()
+        .contains("domain is not verified"));
+    let (s6, _, _) = mail.post("/emails", &[KEY], &resend("b@shop.test"));
+    assert_eq!(s6, 200);
+
     let statuses: Vec<u64> = mail
         .get("/__devmail/requests")
         .as_array()
@@ -238,5 +254,5 @@ fn injected_faults_fail_or_delay_exactly_the_next_requests() {
         .iter()
         .map(|r| r["status"].as_u64().unwrap())
         .collect();
-    assert_eq!(statuses, [503, 503, 200, 200]);
+    assert_eq!(statuses, [503, 503, 200, 200, 403, 200]);
 }

@@ -654,6 +654,76 @@ mod tests {
             }
         );
         assert_eq!(kind(&classify(p, 503, b"", None)), "transient");
+        // Mailpit's send API answers its refusals as `JSONErrorResponse` (its Swagger),
+        // and a body over its size limit the same way with a 413.
+        for (status, body, message) in [
+            (
+                400,
+                &br#"{"Error":"error building message: no recipients (to, cc, bcc) set"}"#[..],
+                "error building message: no recipients (to, cc, bcc) set",
+            ),
+            (
+                413,
+                br#"{"Error":"http: request body too large"}"#,
+                "http: request body too large",
+            ),
+        ] {
+            assert_eq!(
+                classify(p, status, body, None),
+                Delivery::Permanent {
+                    status,
+                    message: message.into()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn sendgrid_documented_error_bodies() {
+        // The examples of SendGrid's Mail Send description: no `help`, `field` absent or
+        // the string "null", sometimes an error `id`.
+        let p = Provider::SendGrid;
+        for (status, body, message, expected) in [
+            (
+                400,
+                r#"{"errors":[{"message":"invalid request","field":"null"}]}"#,
+                "invalid request",
+                "permanent",
+            ),
+            (
+                404,
+                r#"{"errors":[{"message":"not found","field":"null"}]}"#,
+                "not found",
+                "permanent",
+            ),
+            (
+                405,
+                r#"{"errors":[{"message":"method not allowed","field":"null"}]}"#,
+                "method not allowed",
+                "permanent",
+            ),
+            (
+                500,
+                r#"{"errors":[{"message":"internal server error"}],"id":"e-1"}"#,
+                "internal server error",
+                "transient",
+            ),
+            (
+                400,
+                r#"{"errors":[{"message":"a","field":"from"},{"message":"b","help":{}}]}"#,
+                "a; b",
+                "permanent",
+            ),
+        ] {
+            let delivery = classify(p, status, body.as_bytes(), None);
+            assert_eq!(kind(&delivery), expected, "{status} {body}");
+            match delivery {
+                Delivery::Permanent { message: m, .. } | Delivery::Transient { message: m, .. } => {
+                    assert_eq!(m, message)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]
