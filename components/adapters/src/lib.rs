@@ -75,6 +75,31 @@ impl KeyValue for SpinKeyValue {
     }
 }
 
+/// Time, randomness and waiting, from the host (`wasi:clocks`, `wasi:random`).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SpinEnv;
+
+impl shop_domain::ports::Environment for SpinEnv {
+    fn now(&self) -> DateTime<Utc> {
+        now()
+    }
+    fn random(&self) -> [u8; 16] {
+        random_bytes()
+    }
+    fn sleep_ms(&self, ms: u64) {
+        sleep_ms(ms);
+    }
+}
+
+/// A Spin variable as a number of seconds, or `default` if unset or not a number.
+pub fn seconds_variable(name: &str, default: i64) -> i64 {
+    variable(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .filter(|n: &i64| *n > 0)
+        .unwrap_or(default)
+}
+
 /// Now, in UTC.
 pub fn now() -> DateTime<Utc> {
     Utc::now()

@@ -9,9 +9,10 @@
 
 use opentelemetry::global::{self, BoxedTracer};
 use opentelemetry::trace::{
-    SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    SpanContext, SpanId, Status, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
 };
-use opentelemetry::{Context, KeyValue};
+use opentelemetry::{Context, ContextGuard, KeyValue};
+use shop_domain::ports::{Attribute, Step, Trace};
 
 /// Keeps the tracer provider of this instance alive (Spin makes one instance per
 /// request or message, so each handler installs its own).
@@ -129,6 +130,54 @@ pub fn fail(cx: &Context, message: impl Into<String>) {
         vec![KeyValue::new("exception.message", message.clone())],
     );
     span.set_status(Status::error(message));
+}
+
+/// The domain's steps as spans of `component`'s, each the active span while it runs
+/// (so the host's spans and the component's own hang under it).
+pub struct Steps {
+    tracer: BoxedTracer,
+}
+
+impl Steps {
+    pub fn new(component: &'static str) -> Steps {
+        Steps {
+            tracer: tracer(component),
+        }
+    }
+}
+
+/// A step's span; ends (and stops being the active one) when dropped.
+pub struct SpanStep {
+    // Dropped first: the previous context is active again before the span ends.
+    _active: ContextGuard,
+    cx: Context,
+}
+
+impl Trace for Steps {
+    type Step = SpanStep;
+
+    fn step(&self, name: &'static str) -> SpanStep {
+        let cx = Context::current_with_span(self.tracer.start(name));
+        SpanStep {
+            _active: cx.clone().attach(),
+            cx,
+        }
+    }
+}
+
+impl Step for SpanStep {
+    fn attribute(&mut self, key: &'static str, value: Attribute) {
+        let value = match value {
+            Attribute::Text(s) => opentelemetry::Value::from(s),
+            Attribute::Int(i) => opentelemetry::Value::from(i),
+            Attribute::Bool(b) => opentelemetry::Value::from(b),
+        };
+        self.cx.span().set_attribute(KeyValue::new(key, value));
+    }
+
+    fn fail(&mut self, message: &str) {
+        fail(&self.cx, message);
+    }
 }
 
 #[cfg(test)]

@@ -31,10 +31,16 @@ impl From<&IncomingRequest> for Incoming {
 impl Incoming {
     /// A header as text; None if absent or not UTF-8.
     pub fn header(&self, name: &str) -> Option<&str> {
+        self.raw_header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// A header's bytes, whatever they are.
+    pub fn raw_header(&self, name: &str) -> Option<&[u8]> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .map(|(_, v)| v.as_slice())
     }
 
     /// A query parameter (no percent-decoding: our parameters are plain numbers).
@@ -68,11 +74,13 @@ pub async fn read_body(
     let mut body = Vec::new();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
+            // The host's error is for the log, not the client.
+            eprintln!("checkout: reading a request body failed: {e:?}");
             problem_response(&Problem::new(
                 400,
                 "unreadable-body",
                 "Request body could not be read",
-                format!("{e:?}"),
+                "the request body ended early or could not be read; send it again",
             ))
         })?;
         if body.len() + chunk.len() > limit {
@@ -92,13 +100,20 @@ pub fn json_response(status: u16, body: &serde_json::Value) -> Response {
 }
 
 pub fn problem_response(problem: &Problem) -> Response {
+    if let Some(cause) = &problem.cause {
+        eprintln!("checkout: {} {}: {cause}", problem.status, problem.title);
+    }
     let mut builder = Response::builder();
     builder
         .status(problem.status)
         .header("content-type", problem::CONTENT_TYPE)
         .body(problem.to_json());
-    if problem.status == 503 {
-        builder.header("retry-after", "1");
+    if let Some(seconds) = problem.retry_after {
+        builder.header("retry-after", seconds.to_string());
+    }
+    if problem.status == 401 {
+        // RFC 6750: a bearer-token endpoint says so when it refuses.
+        builder.header("www-authenticate", "Bearer realm=\"spin-shop admin\"");
     }
     builder.build()
 }

@@ -5,6 +5,8 @@
 //! - `GET  /api/orders/{id}`       the order's true current state
 //! - `POST /api/admin/redrive`     republish orders still waiting (bearer token)
 //! - `GET  /api/admin/dead-letters` messages fulfilment could not use (bearer token)
+//! - `GET  /api/admin/stock`       stock levels and changes in doubt (bearer token)
+//! - `POST /api/admin/stock/{sku}` add or remove units: `{"add": n}` (bearer token)
 //!
 //! Business rules live in `shop-domain`; this file only translates HTTP, key-value and
 //! Redis into calls on it. Errors are RFC 9457 problem details naming the field at fault.
@@ -41,6 +43,8 @@ async fn handle(request: IncomingRequest) -> Response {
         (["api", "orders", _], Method::Get) => "get order",
         (["api", "admin", "redrive"], Method::Post) => "redrive orders",
         (["api", "admin", "dead-letters"], Method::Get) => "list dead letters",
+        (["api", "admin", "stock"], Method::Get) => "list stock",
+        (["api", "admin", "stock", _], Method::Post) => "adjust stock",
         _ => "refuse request",
     };
     let parent = telemetry::request_parent(
@@ -64,12 +68,17 @@ async fn handle(request: IncomingRequest) -> Response {
             (["api", "orders", id], Method::Get) => orders::get_order(id),
             (["api", "admin", "redrive"], Method::Post) => orders::redrive(&incoming),
             (["api", "admin", "dead-letters"], Method::Get) => orders::dead_letters(&incoming),
+            (["api", "admin", "stock"], Method::Get) => orders::stock(&incoming),
+            (["api", "admin", "stock", sku], Method::Post) => {
+                orders::adjust_stock(&incoming, request, sku).await
+            }
             (["api", "products"], _)
             | (["api", "orders", _], _)
-            | (["api", "admin", "dead-letters"], _) => method_not_allowed(&incoming, "GET"),
-            (["api", "orders"], _) | (["api", "admin", "redrive"], _) => {
-                method_not_allowed(&incoming, "POST")
-            }
+            | (["api", "admin", "dead-letters"], _)
+            | (["api", "admin", "stock"], _) => method_not_allowed(&incoming, "GET"),
+            (["api", "orders"], _)
+            | (["api", "admin", "redrive"], _)
+            | (["api", "admin", "stock", _], _) => method_not_allowed(&incoming, "POST"),
             _ => problem_response(&Problem::not_found(format!(
                 "no such resource: {}",
                 incoming.path

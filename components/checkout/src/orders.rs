@@ -1,27 +1,27 @@
-//! The endpoint handlers: each turns a request into domain calls and a response.
+//! The endpoint handlers: each turns a request into calls on the domain's use cases
+//! (`shop_domain::checkout`) and a response.
 
 // Every error path here ends as the problem+json response itself, once per request, in
 // an instance that lives for that request: boxing `Problem` would buy nothing.
 #![allow(clippy::result_large_err)]
 
-use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue as Attribute};
 use serde_json::{json, Value};
-use shop_adapters::{now, random_bytes, sleep_ms, telemetry, timestamp, variable, SpinKeyValue};
-use shop_domain::catalogue::{format_money, CURRENCY, PRODUCTS};
+use shop_adapters::telemetry::{self, Steps};
+use shop_adapters::{now, seconds_variable, sleep_ms, variable, SpinEnv, SpinKeyValue};
+use shop_domain::catalogue::PRODUCTS;
+use shop_domain::checkout::{self, Settings, TraceIds};
+use shop_domain::durable::Budget;
 use shop_domain::event::OrderPlaced;
-use shop_domain::idempotency::{self, Start, StoredResponse};
-use shop_domain::ids::{
-    hash_idempotency_key, is_order_id, new_event_id, new_order_id, validate_idempotency_key,
-};
-use shop_domain::order::{Notification, Order, OrderStatus};
-use shop_domain::payment::Authorisation;
+use shop_domain::idempotency::StoredResponse;
+use shop_domain::ids::is_order_id;
+use shop_domain::ports::Publisher;
 use shop_domain::problem::{FieldError, Problem};
 use shop_domain::records;
-use shop_domain::stock::{self, StockError};
+use shop_domain::stock;
 use shop_domain::store::{keys, KeyValue, StoreError};
-use shop_domain::validation::{parse_order_request, ValidOrder, MAX_BODY_BYTES};
+use shop_domain::validation::MAX_BODY_BYTES;
 use spin_sdk::http::{IncomingRequest, Response};
 
 use crate::http_io::{json_response, problem_response, read_body, Incoming};
@@ -33,45 +33,15 @@ fn respond(outcome: Outcome) -> Response {
     outcome.unwrap_or_else(|problem| problem_response(&problem))
 }
 
-/// A key-value failure is the shop being unavailable, not the client's fault.
-fn store_unavailable(e: StoreError) -> Problem {
-    eprintln!("checkout: {e}");
-    Problem::unavailable("the order store is unavailable; try again shortly")
-}
-
 fn open_store() -> Result<SpinKeyValue, Problem> {
-    SpinKeyValue::open().map_err(store_unavailable)
-}
-
-fn tracer() -> BoxedTracer {
-    telemetry::tracer("checkout")
-}
-
-/// Runs one step of a request in a span of its own, under the current span; a problem
-/// it ends with marks the span failed.
-fn step<T>(
-    name: &'static str,
-    f: impl FnOnce(&Context) -> Result<T, Problem>,
-) -> Result<T, Problem> {
-    tracer().in_span(name, |cx| {
-        let result = f(&cx);
-        if let Err(problem) = &result {
-            telemetry::fail(&cx, describe(problem));
-        }
-        result
-    })
-}
-
-/// A problem as one line, for spans: status, title and detail.
-fn describe(problem: &Problem) -> String {
-    format!("{} {}: {}", problem.status, problem.title, problem.detail)
+    SpinKeyValue::open().map_err(|e| checkout::unavailable(&e))
 }
 
 /// Seeds the catalogue's stock on first use; waits briefly if another request is
 /// seeding it right now.
 fn catalogue_ready(kv: &impl KeyValue) -> Result<(), Problem> {
     for _ in 0..200 {
-        if stock::ensure_catalogue_seeded(kv).map_err(store_unavailable)? {
+        if stock::ensure_catalogue_seeded(kv).map_err(|e| checkout::unavailable(&e))? {
             return Ok(());
         }
         sleep_ms(5);
@@ -85,11 +55,11 @@ pub fn list_products() -> Response {
         catalogue_ready(&kv)?;
         let mut products = Vec::new();
         for p in PRODUCTS {
-            let available = stock::available(&kv, p.sku).map_err(store_unavailable)?;
+            let available = stock::available(&kv, p.sku).map_err(|e| checkout::unavailable(&e))?;
             products.push(json!({
                 "sku": p.sku,
                 "name": p.name,
-                "price": money(p.price_minor),
+                "price": checkout::money(p.price_minor),
                 "available": available,
             }));
         }
@@ -97,237 +67,91 @@ pub fn list_products() -> Response {
     })())
 }
 
-fn money(minor: u64) -> Value {
-    json!({ "minor": minor, "currency": CURRENCY, "display": format_money(minor) })
+fn settings() -> Settings {
+    Settings {
+        lease_secs: seconds_variable("lease_seconds", 30),
+        store_budget: Budget::default(),
+    }
 }
 
 pub async fn place_order(incoming: &Incoming, request: IncomingRequest) -> Response {
-    if let Some(content_type) = incoming.header("content-type") {
-        if !content_type
-            .trim()
-            .to_ascii_lowercase()
-            .starts_with("application/json")
-        {
-            return problem_response(
-                &Problem::new(
-                    415,
-                    "unsupported-media-type",
-                    "Unsupported media type",
-                    "send the order as application/json",
-                )
-                .with_errors(vec![FieldError::new(
-                    "header:content-type",
-                    format!("{content_type:?} is not application/json"),
-                )]),
-            );
-        }
-    }
-    let body = match read_body(incoming, request, MAX_BODY_BYTES).await {
+    let body = match json_body(incoming, request, MAX_BODY_BYTES).await {
         Ok(body) => body,
         Err(response) => return response,
     };
     respond(place(incoming, &body))
 }
 
-fn place(incoming: &Incoming, body: &[u8]) -> Outcome {
-    let order = step("validate order", |cx| {
-        let order = parse_order_request(body, now().date_naive()).map_err(|e| e.to_problem())?;
-        cx.span().set_attribute(Attribute::new(
-            "shop.order.item_count",
-            order.lines.len() as i64,
+/// The body of a request that must be JSON: a body without a content type, or with
+/// another one, is refused with 415; one over `limit` bytes with 413.
+async fn json_body(
+    incoming: &Incoming,
+    request: IncomingRequest,
+    limit: usize,
+) -> Result<Vec<u8>, Response> {
+    let content_type = incoming.header("content-type").unwrap_or("");
+    let media_type = content_type.split(';').next().unwrap_or("").trim();
+    if !media_type.eq_ignore_ascii_case("application/json") {
+        let detail = if content_type.is_empty() {
+            "the request has no Content-Type; send application/json".to_owned()
+        } else {
+            format!("{content_type:?} is not application/json")
+        };
+        return Err(problem_response(
+            &Problem::new(
+                415,
+                "unsupported-media-type",
+                "Unsupported media type",
+                "send the body as application/json",
+            )
+            .with_errors(vec![FieldError::new("header:content-type", detail)]),
         ));
-        Ok(order)
-    })?;
-    let key_hash = match incoming.header("idempotency-key") {
-        None => None,
-        Some(key) => {
-            validate_idempotency_key(key).map_err(|detail| {
-                Problem::new(
-                    400,
-                    "invalid-idempotency-key",
-                    "Invalid Idempotency-Key",
-                    &detail,
-                )
-                .with_errors(vec![FieldError::new("header:idempotency-key", detail)])
-            })?;
-            Some(hash_idempotency_key(key))
-        }
-    };
+    }
+    read_body(incoming, request, limit).await
+}
 
+fn place(incoming: &Incoming, body: &[u8]) -> Outcome {
+    let steps = Steps::new("checkout");
+    let placement = {
+        let mut step = shop_domain::ports::Trace::step(&steps, "validate order");
+        let validated = checkout::validate(
+            body,
+            incoming.raw_header("idempotency-key"),
+            now().date_naive(),
+        );
+        match &validated {
+            Ok(p) => shop_domain::ports::Step::attribute(
+                &mut step,
+                "shop.order.item_count",
+                (p.item_count() as i64).into(),
+            ),
+            Err(problem) => shop_domain::ports::Step::fail(&mut step, &checkout::describe(problem)),
+        }
+        validated?
+    };
     let kv = open_store()?;
     catalogue_ready(&kv)?;
-    let fingerprint = order.fingerprint.clone();
-
-    let Some(key_hash) = key_hash else {
-        return Ok(replayable(&accept(&kv, order)?));
+    let order_span = Context::current();
+    let trace_ids = TraceIds {
+        trace_id: telemetry::trace_id(order_span.span().span_context()),
+        traceparent: telemetry::traceparent(order_span.span().span_context()),
     };
-    let start = step("claim idempotency key", |_| {
-        idempotency::begin(&kv, &key_hash, &fingerprint).map_err(store_unavailable)
-    })?;
-    let attempt = match start {
-        Start::New { attempt } => attempt,
-        Start::Replay(stored) => return Ok(replayable(&stored)),
-        Start::Mismatch => {
-            return Err(Problem::new(
-                422,
-                "idempotency-key-reused",
-                "Idempotency-Key reused with a different body",
-                "this Idempotency-Key was already used for a different order; use a new key",
-            )
-            .with_errors(vec![FieldError::new(
-                "header:idempotency-key",
-                "already used with a different request body",
-            )]))
-        }
-        Start::InProgress => {
-            return Err(Problem::new(
-                409,
-                "idempotency-key-in-use",
-                "Request with this Idempotency-Key in progress",
-                "an earlier request with this Idempotency-Key has not finished; retry shortly",
-            ))
-        }
-    };
-    match accept(&kv, order) {
-        Ok(stored) => {
-            idempotency::finish(&kv, &key_hash, &fingerprint, attempt, &stored)
-                .map_err(store_unavailable)?;
-            Ok(replayable(&stored))
-        }
-        Err(problem) => {
-            // A 5xx is not the answer to replay: let the client's retry try again.
-            if let Err(e) = idempotency::abandon(&kv, &key_hash, &fingerprint, attempt) {
-                eprintln!("checkout: could not release idempotency key: {e}");
-            }
-            Err(problem)
-        }
+    let publisher = RedisPublisher::from_variables()?;
+    let stored = checkout::place(
+        &kv,
+        &SpinEnv,
+        &steps,
+        &publisher,
+        placement,
+        trace_ids,
+        &settings(),
+    )?;
+    if let Some(id) = stored.body["order_id"].as_str() {
+        order_span
+            .span()
+            .set_attribute(Attribute::new("shop.order.id", id.to_owned()));
     }
-}
-
-/// Decides the order: a stored answer (202, 402 or 409) for the client, or a 5xx problem.
-fn accept(kv: &SpinKeyValue, order: ValidOrder) -> Result<StoredResponse, Problem> {
-    let ValidOrder {
-        email, lines, card, ..
-    } = order;
-    // A refusal (declined card, out of stock) is the answer to replay, not an internal
-    // failure: it comes back as `Ok(Err(problem))`, and its step's span is failed.
-    let authorised = step("authorise card", |cx| {
-        Ok(match card.authorise() {
-            Authorisation::Approved {
-                card,
-                capture_fails,
-            } => Ok((card, capture_fails)),
-            Authorisation::Declined { card, reason } => {
-                eprintln!("checkout: card ending {} declined", card.last4);
-                let problem =
-                    Problem::new(402, "payment-declined", "Payment declined", reason).with_errors(
-                        vec![FieldError::new("/card/number", "the card was declined")],
-                    );
-                telemetry::fail(cx, describe(&problem));
-                Err(problem)
-            }
-        })
-    })?;
-    let (card, capture_fails) = match authorised {
-        Ok(approved) => approved,
-        Err(declined) => return Ok(stored_problem(&declined)),
-    };
-
-    let order_id = new_order_id(random_bytes());
-    let order_context = Context::current();
-    order_context
-        .span()
-        .set_attribute(Attribute::new("shop.order.id", order_id.clone()));
-    let reserved = step("reserve stock", |cx| {
-        cx.span()
-            .set_attribute(Attribute::new("shop.order.id", order_id.clone()));
-        match stock::reserve(kv, &order_id, &lines) {
-            Ok(()) => Ok(Ok(())),
-            Err(StockError::OutOfStock {
-                line,
-                sku,
-                requested,
-                available,
-            }) => {
-                let problem = Problem::new(
-                    409,
-                    "out-of-stock",
-                    "Out of stock",
-                    format!("{requested} x {sku} requested, {available} available"),
-                )
-                .with_errors(vec![FieldError::new(
-                    format!("/items/{line}/quantity"),
-                    format!("only {available} available"),
-                )])
-                .with_extension("sku", json!(sku))
-                .with_extension("available", json!(available));
-                telemetry::fail(cx, describe(&problem));
-                Ok(Err(problem))
-            }
-            Err(StockError::Store(e)) => Err(store_unavailable(e)),
-            Err(other) => {
-                eprintln!("checkout: reservation for {order_id} failed: {other:?}");
-                Err(Problem::unavailable(
-                    "stock could not be reserved; try again",
-                ))
-            }
-        }
-    })?;
-    if let Err(out_of_stock) = reserved {
-        return Ok(stored_problem(&out_of_stock));
-    }
-
-    let at = timestamp(now());
-    let total_minor = lines.iter().map(|l| l.subtotal_minor()).sum();
-    let record = |sequence| Order {
-        id: order_id.clone(),
-        email,
-        lines: lines.clone(),
-        total_minor,
-        currency: CURRENCY.to_owned(),
-        card,
-        capture_fails,
-        status: OrderStatus::Accepted,
-        notification: Notification::Pending { last_error: None },
-        sequence,
-        created_at: at.clone(),
-        updated_at: at.clone(),
-        // The order's trace: fulfilment continues it, and so does any redrive.
-        trace_id: telemetry::trace_id(order_context.span().span_context()),
-        traceparent: telemetry::traceparent(order_context.span().span_context()),
-    };
-    step("record order", |_| {
-        let saved = records::assign_sequence(kv, &order_id, &at)
-            .and_then(|sequence| records::save_order(kv, &record(sequence)));
-        saved.map_err(|e| {
-            // The order does not exist, so it must not hold stock.
-            if let Err(release) = stock::release(kv, &order_id, &lines) {
-                eprintln!("checkout: releasing stock of unrecorded {order_id} failed: {release}");
-            }
-            store_unavailable(e)
-        })
-    })?;
-
-    // The order is recorded: whatever happens to the event, the answer is "accepted".
-    // An unpublished order is found and republished by redrive.
-    match publish(kv, &order_id, 0, &order_context, None) {
-        Ok(()) => eprintln!("checkout: order {order_id} accepted and published"),
-        Err(e) => eprintln!("checkout: order {order_id} accepted but NOT published ({e}); redrive will republish it"),
-    }
-    let location = format!("/api/orders/{order_id}");
-    Ok(StoredResponse {
-        status: 202,
-        body: json!({ "order_id": order_id, "status": "accepted", "status_url": location }),
-        location: Some(location),
-    })
-}
-
-fn stored_problem(problem: &Problem) -> StoredResponse {
-    StoredResponse {
-        status: problem.status,
-        body: serde_json::to_value(problem).unwrap_or(Value::Null),
-        location: None,
-    }
+    Ok(replayable(&stored))
 }
 
 /// Renders a stored answer; replays are byte-for-byte the first answer.
@@ -348,114 +172,102 @@ fn replayable(stored: &StoredResponse) -> Response {
     builder.build()
 }
 
-/// Publishes the order-placed event for `epoch` and notes that the order reached Redis.
-///
-/// The event carries the W3C context of its `PRODUCER` span (under `parent`, the
-/// order's trace), so fulfilment continues that trace. `link` ties a redrive's span to
-/// the admin request that caused it.
-fn publish(
-    kv: &impl KeyValue,
-    order_id: &str,
-    epoch: u64,
-    parent: &Context,
-    link: Option<&Context>,
-) -> Result<(), String> {
-    let address = variable("redis_address")?;
-    let channel = variable("orders_channel")?;
-    let event_id = new_event_id(random_bytes());
-    let tracer = tracer();
-    let mut span = tracer
-        .span_builder(format!("publish {channel}"))
-        .with_kind(SpanKind::Producer)
-        .with_attributes([
-            Attribute::new("messaging.system", "redis"),
-            Attribute::new("messaging.destination.name", channel.clone()),
-            Attribute::new("messaging.operation.type", "publish"),
-            Attribute::new("messaging.operation.name", "publish"),
-            Attribute::new("messaging.message.id", event_id.clone()),
-            Attribute::new("shop.order.id", order_id.to_owned()),
-            Attribute::new("shop.fulfilment.epoch", epoch as i64),
-        ]);
-    if let Some(link) = link {
-        span = span.with_links(vec![Link::with_context(link.span().span_context().clone())]);
-    }
-    let cx = parent.with_span(span.start_with_context(&tracer, parent));
-    let _active = cx.clone().attach();
+/// Publishes order events on Spin's outbound Redis, each in a `PRODUCER` span whose W3C
+/// context the event carries to fulfilment. A redrive's event comes with the order's
+/// own context: its span joins the order's trace, linked to the current request.
+struct RedisPublisher {
+    address: String,
+    channel: String,
+}
 
-    let mut event = OrderPlaced::new(event_id, order_id.to_owned(), epoch, timestamp(now()));
-    event.traceparent = telemetry::traceparent(cx.span().span_context());
-    event.tracestate = telemetry::tracestate(cx.span().span_context());
-    let result = (|| -> Result<(), String> {
-        let connection = spin_sdk::redis::Connection::open(&address)
-            .map_err(|e| format!("connecting to Redis: {e}"))?;
-        connection
-            .publish(&channel, &event.to_json())
-            .map_err(|e| format!("publishing to {channel}: {e}"))?;
-        kv.increment(&keys::order_published(order_id), 1)
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    })();
-    if let Err(e) = &result {
-        telemetry::fail(&cx, e.clone());
+impl RedisPublisher {
+    fn from_variables() -> Result<RedisPublisher, Problem> {
+        let read = |name| {
+            variable(name).map_err(|e| Problem::internal("configuration error").with_cause(e))
+        };
+        Ok(RedisPublisher {
+            address: read("redis_address")?,
+            channel: read("orders_channel")?,
+        })
     }
-    result
+}
+
+impl Publisher for RedisPublisher {
+    fn publish(&self, mut event: OrderPlaced) -> Result<(), String> {
+        let current = Context::current();
+        let order_trace = telemetry::remote_parent(event.traceparent.as_deref(), None);
+        let (parent, link) = if order_trace.has_active_span() {
+            (order_trace, Some(current))
+        } else {
+            (current, None)
+        };
+        let tracer = telemetry::tracer("checkout");
+        let mut span = tracer
+            .span_builder(format!("publish {}", self.channel))
+            .with_kind(SpanKind::Producer)
+            .with_attributes([
+                Attribute::new("messaging.system", "redis"),
+                Attribute::new("messaging.destination.name", self.channel.clone()),
+                Attribute::new("messaging.operation.type", "publish"),
+                Attribute::new("messaging.operation.name", "publish"),
+                Attribute::new("messaging.message.id", event.event_id.clone()),
+                Attribute::new("shop.order.id", event.order_id.clone()),
+                Attribute::new("shop.fulfilment.epoch", event.epoch as i64),
+            ]);
+        if let Some(link) = link {
+            span = span.with_links(vec![Link::with_context(link.span().span_context().clone())]);
+        }
+        let cx = parent.with_span(span.start_with_context(&tracer, &parent));
+        let _active = cx.clone().attach();
+        event.traceparent = telemetry::traceparent(cx.span().span_context());
+        event.tracestate = telemetry::tracestate(cx.span().span_context());
+        let result = spin_sdk::redis::Connection::open(&self.address)
+            .map_err(|e| format!("connecting to Redis: {e}"))
+            .and_then(|connection| {
+                connection
+                    .publish(&self.channel, &event.to_json())
+                    .map_err(|e| format!("publishing to {}: {e}", self.channel))
+            });
+        match &result {
+            Ok(()) => eprintln!(
+                "checkout: order {} published (epoch {})",
+                event.order_id, event.epoch
+            ),
+            Err(e) => {
+                telemetry::fail(&cx, e.clone());
+                eprintln!(
+                    "checkout: order {} NOT published ({e}); redrive will republish it",
+                    event.order_id
+                );
+            }
+        }
+        result
+    }
 }
 
 pub fn get_order(id: &str) -> Response {
-    respond((|| {
+    let mut response = respond((|| {
         if !is_order_id(id) {
             return Err(Problem::not_found(format!("no order {id:?}")));
         }
         let kv = open_store()?;
+        let unavailable = |e: StoreError| checkout::unavailable(&e);
         let order = records::load_order(&kv, id)
-            .map_err(store_unavailable)?
+            .map_err(unavailable)?
             .ok_or_else(|| Problem::not_found(format!("no order {id:?}")))?;
         let published = kv
             .counter(&keys::order_published(id))
-            .map_err(store_unavailable)?
+            .map_err(unavailable)?
             > 0;
         Context::current()
             .span()
             .set_attribute(Attribute::new("shop.order.id", id.to_owned()));
-        Ok(json_response(200, &order_view(&order, published)))
-    })())
-}
-
-/// The customer's view of an order: its real state, and why if it failed.
-fn order_view(order: &Order, published: bool) -> Value {
-    let (status, reason) = match &order.status {
-        OrderStatus::Accepted => ("accepted", None),
-        OrderStatus::Confirmed => ("confirmed", None),
-        OrderStatus::Failed { reason } => ("failed", Some(reason.as_str())),
-    };
-    let items: Vec<Value> = order
-        .lines
-        .iter()
-        .map(|l| {
-            json!({
-                "sku": l.sku,
-                "name": l.name,
-                "quantity": l.quantity,
-                "unit_price": money(l.unit_price_minor),
-                "subtotal": money(l.subtotal_minor()),
-            })
-        })
-        .collect();
-    json!({
-        "order_id": order.id,
-        "status": status,
-        "reason": reason,
-        "notification": order.notification,
-        "email": order.email,
-        "items": items,
-        "total": money(order.total_minor),
-        "card": order.card,
-        "event_published": published,
-        "created_at": order.created_at,
-        "updated_at": order.updated_at,
-        "trace_id": order.trace_id,
-        "trace_url": trace_url(order.trace_id.as_deref()),
-    })
+        let view = checkout::order_view(&order, published, trace_url(order.trace_id.as_deref()));
+        Ok(json_response(200, &view))
+    })());
+    // The order URL is a bearer URL: no cache may keep what it shows.
+    response.set_header("cache-control", "no-store");
+    response
 }
 
 /// Where a person sees the order's trace, from the `trace_viewer_url` variable: a
@@ -475,13 +287,12 @@ fn trace_url(trace_id: Option<&str>) -> Option<String> {
     })
 }
 
-/// Checks `Authorization: Bearer <admin_token>`. An empty `admin_token` disables the
-/// admin endpoints rather than leaving them open.
+/// Checks `Authorization: Bearer <admin_token>` in constant time. An empty
+/// `admin_token` disables the admin endpoints rather than leaving them open. The token
+/// is never logged or echoed.
 fn authorise_admin(incoming: &Incoming) -> Result<(), Problem> {
-    let token = variable("admin_token").map_err(|e| {
-        eprintln!("checkout: {e}");
-        Problem::internal("admin_token is not readable")
-    })?;
+    let token = variable("admin_token")
+        .map_err(|e| Problem::internal("admin_token is not readable").with_cause(e))?;
     if token.is_empty() {
         return Err(Problem::new(
             403,
@@ -491,10 +302,10 @@ fn authorise_admin(incoming: &Incoming) -> Result<(), Problem> {
         ));
     }
     let presented = incoming
-        .header("authorization")
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+        .raw_header("authorization")
+        .and_then(|h| h.strip_prefix(b"Bearer "))
+        .unwrap_or(b"");
+    if !constant_time_eq(presented, token.as_bytes()) {
         return Err(Problem::new(
             401,
             "unauthorized",
@@ -509,6 +320,7 @@ fn authorise_admin(incoming: &Incoming) -> Result<(), Problem> {
     Ok(())
 }
 
+/// Compares without stopping at the first difference; the length is not secret.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -529,47 +341,51 @@ fn query_number(incoming: &Incoming, name: &str, default: i64, max: i64) -> Resu
 }
 
 /// Republishes every unfinished order idle for longer than `older_than_seconds` (default:
-/// the `redrive_after_seconds` variable), each with a new epoch so that a claim left by
-/// a handler that died can be taken over. Redis pub/sub drops messages published while
-/// fulfilment is down; this is how such orders complete.
+/// the `redrive_after_seconds` variable), each with a new epoch, and settles orders
+/// whose request died before recording them (see `shop_domain::checkout::redrive`).
+/// Redis pub/sub drops messages published while fulfilment is down; this is how such
+/// orders complete.
 pub fn redrive(incoming: &Incoming) -> Response {
     respond((|| {
         authorise_admin(incoming)?;
-        let default_idle = variable("redrive_after_seconds")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(30);
+        let default_idle = seconds_variable("redrive_after_seconds", 30);
         let idle = query_number(incoming, "older_than_seconds", default_idle, 86_400 * 30)?;
         let limit = query_number(incoming, "limit", 100, 1_000)?;
         let kv = open_store()?;
-        let orders = records::unfinished_orders(&kv, now(), idle, limit as usize)
-            .map_err(store_unavailable)?;
-        let mut redriven = Vec::new();
-        let request = Context::current();
-        for order in orders {
-            let epoch = kv
-                .increment(&keys::fulfilment_epoch(&order.id), 1)
-                .map_err(store_unavailable)?;
-            // Back in the order's own trace (linked to this admin request), or in this
-            // request's trace for an order placed untraced.
-            let order_trace = telemetry::remote_parent(order.traceparent.as_deref(), None);
-            let order_trace = if order_trace.has_active_span() {
-                order_trace
-            } else {
-                request.clone()
-            };
-            let result = publish(&kv, &order.id, epoch as u64, &order_trace, Some(&request));
-            eprintln!("checkout: redrive {} epoch {epoch}: {result:?}", order.id);
-            redriven.push(json!({
-                "order_id": order.id,
-                "epoch": epoch,
-                "published": result.is_ok(),
-                "error": result.err(),
-            }));
+        let publisher = RedisPublisher::from_variables()?;
+        let report = checkout::redrive(
+            &kv,
+            &SpinEnv,
+            &publisher,
+            idle,
+            limit as usize,
+            Budget::default(),
+        )
+        .map_err(|e| checkout::unavailable(&e))?;
+        let redriven: Vec<Value> = report
+            .republished
+            .iter()
+            .map(|(order_id, epoch, error)| {
+                eprintln!("checkout: redrive {order_id} epoch {epoch}: {error:?}");
+                json!({
+                    "order_id": order_id,
+                    "epoch": epoch,
+                    "published": error.is_none(),
+                    "error": error,
+                })
+            })
+            .collect();
+        for id in &report.abandoned {
+            eprintln!("checkout: redrive gave up {id}, whose request died before recording it; its stock is back");
         }
         Ok(json_response(
             200,
-            &json!({ "count": redriven.len(), "redriven": redriven }),
+            &json!({
+                "count": redriven.len(),
+                "redriven": redriven,
+                "abandoned": report.abandoned,
+                "completed": report.completed,
+            }),
         ))
     })())
 }
@@ -579,12 +395,76 @@ pub fn dead_letters(incoming: &Incoming) -> Response {
         authorise_admin(incoming)?;
         let limit = query_number(incoming, "limit", 50, 1_000)?;
         let kv = open_store()?;
-        let letters =
-            records::recent_dead_letters(&kv, limit as usize).map_err(store_unavailable)?;
+        let letters = records::recent_dead_letters(&kv, limit as usize)
+            .map_err(|e| checkout::unavailable(&e))?;
         let letters: Vec<Value> = letters
             .into_iter()
             .map(|(seq, letter)| json!({ "seq": seq, "letter": letter }))
             .collect();
         Ok(json_response(200, &json!({ "dead_letters": letters })))
+    })())
+}
+
+/// Stock levels and the changes in doubt (see `shop_domain::stock::Doubt`): what an
+/// operator needs to count and correct after a crash.
+pub fn stock(incoming: &Incoming) -> Response {
+    respond((|| {
+        authorise_admin(incoming)?;
+        let kv = open_store()?;
+        let doubts = stock::doubts(&kv).map_err(|e| checkout::unavailable(&e))?;
+        let levels = stock::levels(&kv, &doubts).map_err(|e| checkout::unavailable(&e))?;
+        Ok(json_response(
+            200,
+            &json!({ "products": levels, "doubts": doubts }),
+        ))
+    })())
+}
+
+/// `POST /api/admin/stock/{sku}` with `{"add": n}`: adds (or, negative, removes) units
+/// atomically with the counter orders take from; answers the new level.
+pub async fn adjust_stock(incoming: &Incoming, request: IncomingRequest, sku: &str) -> Response {
+    if let Err(problem) = authorise_admin(incoming) {
+        return problem_response(&problem);
+    }
+    let body = match json_body(incoming, request, 1024).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    respond((|| {
+        let Some(product) = shop_domain::catalogue::find(sku) else {
+            return Err(Problem::not_found(format!("no product with SKU {sku:?}")));
+        };
+        let delta = shop_domain::validation::parse_stock_adjustment(&body)?;
+        let kv = open_store()?;
+        match stock::adjust(&kv, product, delta) {
+            Ok(level) => {
+                eprintln!(
+                    "checkout: stock of {} adjusted by {delta}: {level}",
+                    product.sku
+                );
+                Ok(json_response(
+                    200,
+                    &json!({ "sku": product.sku, "available": level }),
+                ))
+            }
+            Err(stock::StockError::OutOfStock { available, .. }) => Err(Problem::new(
+                409,
+                "not-enough-stock",
+                "Not enough stock to remove",
+                format!("{} available, {} to remove", available, -delta),
+            )
+            .with_errors(vec![FieldError::new(
+                "/add",
+                format!("at most {available} can be removed"),
+            )])
+            .with_extension("available", json!(available))),
+            Err(stock::StockError::Store(e)) => Err(Problem::unavailable(
+                "the store failed during the change, which may or may not have been applied; \
+                 read GET /api/admin/stock before retrying",
+            )
+            .with_cause(e.to_string())),
+            Err(other) => Err(Problem::unavailable("stock is being seeded; try again")
+                .with_cause(format!("{other:?}"))),
+        }
     })())
 }

@@ -67,6 +67,10 @@ struct UpArgs {
     /// Run only these components and their triggers (repeatable).
     #[arg(long = "component-id")]
     component_ids: Vec<String>,
+    /// How long the HTTP trigger waits for a request's headers, and between chunks of
+    /// its body, before giving up on the client (a runner setting; Spin has none).
+    #[arg(long, default_value_t = 10)]
+    http_read_timeout_seconds: u64,
     /// Link `wasi:otel` so components can make spans (as `spin up
     /// --experimental-wasi-otel`); without it a component importing it is refused.
     /// Spans are exported when OTEL_EXPORTER_OTLP_ENDPOINT is set, flag or not.
@@ -210,11 +214,16 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
         }
         let mut rx = shutdown_rx.clone();
         let exporter = exporter.clone();
+        let read_timeout = args.http_read_timeout_seconds.max(1);
         triggers.spawn(async move {
             let stop = async move {
                 let _ = rx.changed().await;
             };
-            http_trigger::serve(listener, routes, exporter, stop)
+            let limits = http_trigger::ReadLimits {
+                timeout: std::time::Duration::from_secs(read_timeout),
+                ..http_trigger::ReadLimits::default()
+            };
+            http_trigger::serve(listener, routes, exporter, limits, stop)
                 .await
                 .context("HTTP trigger")
         });

@@ -16,13 +16,18 @@
 //! - [`memory_store`]: an in-memory [`store::KeyValue`] with either Spin counter encoding, for tests.
 
 pub mod catalogue;
+pub mod checkout;
+pub mod durable;
 pub mod event;
+pub mod fulfilment;
 pub mod idempotency;
 pub mod ids;
+pub mod lease;
 pub mod mail;
 pub mod memory_store;
 pub mod order;
 pub mod payment;
+pub mod ports;
 pub mod problem;
 pub mod records;
 pub mod stock;

@@ -43,9 +43,22 @@ pub enum Authorisation {
 /// printed or stored.
 pub struct ValidCard {
     digits: String,
+    /// (year, month) of expiry.
+    expiry: (i32, u32),
 }
 
 impl ValidCard {
+    /// What identifies this card in a request fingerprint: what the shop keeps of it
+    /// (brand, last four digits) and its expiry; never the number or the CVC.
+    pub fn fingerprint_part(&self) -> serde_json::Value {
+        let summary = self.summary();
+        serde_json::json!({
+            "brand": summary.brand,
+            "last4": summary.last4,
+            "expiry": format!("{:04}-{:02}", self.expiry.0, self.expiry.1),
+        })
+    }
+
     pub fn summary(&self) -> CardSummary {
         CardSummary {
             brand: brand(&self.digits).to_owned(),
@@ -138,21 +151,28 @@ pub fn validate_card(
         }
     };
 
-    match expiry {
-        None => errors.push(FieldError::new("/card/expiry", "is required (MM/YY)")),
+    let expires = match expiry {
+        None => {
+            errors.push(FieldError::new("/card/expiry", "is required (MM/YY)"));
+            None
+        }
         Some(raw) => match parse_expiry(raw) {
-            None => errors.push(FieldError::new(
-                "/card/expiry",
-                "must be MM/YY or MM/YYYY with a month from 01 to 12",
-            )),
+            None => {
+                errors.push(FieldError::new(
+                    "/card/expiry",
+                    "must be MM/YY or MM/YYYY with a month from 01 to 12",
+                ));
+                None
+            }
             Some((year, month)) => {
                 // A card is valid through the last day of its expiry month.
                 if (year, month) < (today.year(), today.month()) {
                     errors.push(FieldError::new("/card/expiry", "the card has expired"));
                 }
+                Some((year, month))
             }
         },
-    }
+    };
 
     match cvc {
         None => errors.push(FieldError::new("/card/cvc", "is required")),
@@ -162,8 +182,8 @@ pub fn validate_card(
         Some(_) => {}
     }
 
-    match digits {
-        Some(digits) if errors.is_empty() => Ok(ValidCard { digits }),
+    match (digits, expires) {
+        (Some(digits), Some(expiry)) if errors.is_empty() => Ok(ValidCard { digits, expiry }),
         _ => Err(errors),
     }
 }

@@ -34,6 +34,12 @@ pub struct Problem {
     /// Extension members (RFC 9457 §3.2), e.g. `available` for out-of-stock.
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
+    /// When to try again (the `Retry-After` header), for 409 and 503.
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
+    /// The internal cause, for logs and spans; never sent to the client.
+    #[serde(skip)]
+    pub cause: Option<String>,
 }
 
 impl Problem {
@@ -47,7 +53,15 @@ impl Problem {
             detail: detail.into(),
             errors: Vec::new(),
             extensions: serde_json::Map::new(),
+            retry_after: None,
+            cause: None,
         }
+    }
+
+    /// Keeps `cause` for logs and spans (it never reaches the client).
+    pub fn with_cause(mut self, cause: impl Into<String>) -> Self {
+        self.cause = Some(cause.into());
+        self
     }
 
     pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
@@ -100,12 +114,14 @@ impl Problem {
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
-        Self::new(
+        let mut problem = Self::new(
             503,
             "unavailable",
             "Service temporarily unavailable",
             detail,
-        )
+        );
+        problem.retry_after = Some(1);
+        problem
     }
 }
 
@@ -119,6 +135,10 @@ mod tests {
             .with_extension("order_id", serde_json::json!("ord_1"));
         let v: serde_json::Value = serde_json::from_slice(&p.to_json()).unwrap();
         assert_eq!(v["type"], "/problems/validation-error");
+        let internal = Problem::unavailable("try again").with_cause("redis: connection refused");
+        let shown = String::from_utf8(internal.to_json()).unwrap();
+        assert!(!shown.contains("redis"), "{shown}");
+        assert_eq!(internal.retry_after, Some(1));
         assert_eq!(v["status"], 422);
         assert_eq!(v["detail"], "/email: is not an email address");
         assert_eq!(v["errors"][0]["pointer"], "/email");

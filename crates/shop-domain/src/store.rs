@@ -69,13 +69,34 @@ pub mod keys {
     pub fn stock_seeded(sku: &str) -> String {
         format!("{PREFIX}:stock-seeded:{sku}")
     }
-    /// Claim: taking stock of `sku` for `order_id` (at most once).
-    pub fn reservation_claim(order_id: &str, sku: &str) -> String {
-        format!("{PREFIX}:reserve:{order_id}:{sku}")
+    /// Marker: the stock of `sku` for `order_id` was taken (set right after the
+    /// decrement, so a release knows what to give back).
+    pub fn held(order_id: &str, sku: &str) -> String {
+        format!("{PREFIX}:held:{order_id}:{sku}")
     }
-    /// Claim: giving back the stock of `sku` held by `order_id` (at most once).
+    /// Counter (> 0): the line `sku` of `order_id` is released; it may take no stock.
     pub fn release_claim(order_id: &str, sku: &str) -> String {
         format!("{PREFIX}:release:{order_id}:{sku}")
+    }
+    /// Claim: giving back the stock `order_id` holds for `sku` (at most once ever).
+    pub fn returned(order_id: &str, sku: &str) -> String {
+        format!("{PREFIX}:returned:{order_id}:{sku}")
+    }
+    /// Marker: the give-back claimed under [`returned`] reached the stock counter.
+    pub fn returned_done(order_id: &str, sku: &str) -> String {
+        format!("{PREFIX}:returned-done:{order_id}:{sku}")
+    }
+    /// Claim: the doubt about the stock of `order_id`'s line `sku` is recorded (once).
+    pub fn stock_doubt_claim(order_id: &str, sku: &str) -> String {
+        format!("{PREFIX}:stock-doubt:{order_id}:{sku}")
+    }
+    /// Counter: the number of the newest stock doubt.
+    pub fn stock_doubt_sequence() -> String {
+        format!("{PREFIX}:stock-doubts:seq")
+    }
+    /// JSON stock doubt number `seq` (see [`crate::stock::Doubt`]).
+    pub fn stock_doubt(seq: i64) -> String {
+        format!("{PREFIX}:stock-doubts:{seq}")
     }
     /// JSON order record.
     pub fn order(order_id: &str) -> String {
@@ -97,17 +118,30 @@ pub mod keys {
     pub fn order_sequence() -> String {
         format!("{PREFIX}:orders:seq")
     }
-    /// JSON string: the order id placed with sequence number `seq`.
+    /// JSON: the draft of the order numbered `seq` (see [`crate::records`]).
     pub fn order_at(seq: i64) -> String {
         format!("{PREFIX}:orders:at:{seq}")
+    }
+    /// When redrive first saw number `seq` without its draft (unix seconds).
+    pub fn order_at_seen(seq: i64) -> String {
+        format!("{PREFIX}:orders:at-seen:{seq}")
+    }
+    /// Claim: who decides `order_id`'s fate, its request (to record it) or redrive (to
+    /// give it up for dead).
+    pub fn order_commit(order_id: &str) -> String {
+        format!("{PREFIX}:commit:{order_id}")
     }
     /// Counter: orders 1..=value are all finished (redrive's low-water mark).
     pub fn redrive_low_water() -> String {
         format!("{PREFIX}:orders:done-below")
     }
-    /// Claim: attempt `attempt` owns this idempotency key (hashed).
-    pub fn idempotency_claim(key_hash: &str, attempt: u32) -> String {
-        format!("{PREFIX}:idem-claim:{key_hash}:{attempt}")
+    /// Lease (see [`crate::lease`]) of the request that owns this idempotency key.
+    pub fn idempotency_lease(key_hash: &str) -> String {
+        format!("{PREFIX}:idem-lease:{key_hash}")
+    }
+    /// Lease of the handler sending `order_id`'s email about `outcome`.
+    pub fn mail_lease(order_id: &str, outcome: &str) -> String {
+        format!("{PREFIX}:mail-lease:{order_id}:{outcome}")
     }
     /// JSON idempotency record for this key (hashed).
     pub fn idempotency_record(key_hash: &str) -> String {

@@ -16,6 +16,7 @@ use crate::ids::body_fingerprint;
 use crate::order::OrderLine;
 use crate::payment::{validate_card, ValidCard};
 use crate::problem::{FieldError, Problem};
+use serde_json::json;
 
 /// Largest request body accepted; larger bodies get 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -31,7 +32,8 @@ pub struct ValidOrder {
     pub email: String,
     pub lines: Vec<OrderLine>,
     pub card: ValidCard,
-    /// Fingerprint of the request body, for idempotent retries.
+    /// Fingerprint of the request, for idempotent retries: what it asks for, with the
+    /// card reduced to what the shop keeps (never its number or CVC).
     pub fingerprint: String,
 }
 
@@ -102,12 +104,19 @@ pub fn parse_order_request(body: &[u8], today: NaiveDate) -> Result<ValidOrder, 
     let card = parse_card(fields.get("card"), today, &mut errors);
 
     match (email, lines, card) {
-        (Some(email), Some(lines), Some(card)) if errors.is_empty() => Ok(ValidOrder {
-            email,
-            lines,
-            card,
-            fingerprint: body_fingerprint(&value),
-        }),
+        (Some(email), Some(lines), Some(card)) if errors.is_empty() => {
+            let fingerprint = body_fingerprint(&json!({
+                "email": email,
+                "items": lines.iter().map(|l| json!({"sku": l.sku, "quantity": l.quantity})).collect::<Vec<_>>(),
+                "card": card.fingerprint_part(),
+            }));
+            Ok(ValidOrder {
+                email,
+                lines,
+                card,
+                fingerprint,
+            })
+        }
         _ => Err(RequestError::Invalid(errors)),
     }
 }
@@ -254,10 +263,43 @@ fn parse_card(
 /// A deliberately simple syntax check: one `@`, a non-empty local part without spaces,
 /// and a domain of dot-separated labels with a dot in it. Deliverability is the mail
 /// provider's job.
+/// `POST /api/admin/stock/{sku}`: `{"add": n}`, n a non-zero integer within
+/// ±[`crate::stock::MAX_ADJUSTMENT`] (negative removes units).
+// The problem is the answer itself, built once per request: boxing it would buy nothing.
+#[allow(clippy::result_large_err)]
+pub fn parse_stock_adjustment(body: &[u8]) -> Result<i64, Problem> {
+    let value: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
+    let limit = crate::stock::MAX_ADJUSTMENT;
+    let detail = format!("must be a non-zero integer from -{limit} to {limit}");
+    let field = |detail: &str| Problem::validation(vec![FieldError::new("/add", detail)]);
+    let Some(object) = value.as_object() else {
+        return Err(Problem::validation(vec![FieldError::new(
+            "",
+            "must be an object like {\"add\": 10}",
+        )]));
+    };
+    if let Some(unknown) = object.keys().find(|k| k.as_str() != "add") {
+        return Err(Problem::validation(vec![FieldError::new(
+            format!("/{unknown}"),
+            "unknown field",
+        )]));
+    }
+    match object.get("add").and_then(serde_json::Value::as_i64) {
+        Some(n) if n != 0 && (-limit..=limit).contains(&n) => Ok(n),
+        _ => Err(field(&detail)),
+    }
+}
+
 pub fn validate_email(raw: &str) -> Result<(), &'static str> {
     let email = raw.trim();
     if email.is_empty() {
         return Err("must not be empty");
+    }
+    // Invisible and direction-changing characters make an address that reads as
+    // another (U+202E reverses what follows): refused, never passed to the mail API.
+    if email.chars().any(is_format_character) {
+        return Err("contains an invisible or direction-changing character");
     }
     if email.len() > MAX_EMAIL_LEN {
         return Err("is too long (at most 254 characters)");
@@ -288,6 +330,16 @@ pub fn validate_email(raw: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Unicode's format characters (general category Cf): zero-width spaces and joiners,
+/// bidirectional controls, the byte-order mark, tag characters and their kin.
+fn is_format_character(c: char) -> bool {
+    matches!(c as u32,
+        0x00AD | 0x0600..=0x0605 | 0x061C | 0x06DD | 0x070F | 0x0890..=0x0891 | 0x08E2
+        | 0x180E | 0x200B..=0x200F | 0x202A..=0x202E | 0x2060..=0x2064 | 0x2066..=0x206F
+        | 0xFEFF | 0xFFF9..=0xFFFB | 0x110BD | 0x110CD | 0x13430..=0x1343F
+        | 0x1BCA0..=0x1BCA3 | 0x1D173..=0x1D17A | 0xE0001 | 0xE0020..=0xE007F)
+}
+
 /// RFC 6901 escaping of a member name inside a JSON Pointer.
 fn escape_pointer(name: &str) -> String {
     name.replace('~', "~0").replace('/', "~1")
@@ -295,9 +347,91 @@ fn escape_pointer(name: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn stock_adjustments_name_the_field_at_fault() {
+        assert_eq!(
+            super::parse_stock_adjustment(br#"{"add": -5}"#).unwrap(),
+            -5
+        );
+        for bad in [
+            &br#"{"add": 0}"#[..],
+            br#"{"add": 1.5}"#,
+            br#"{"add": "3"}"#,
+            br#"{"add": 1000001}"#,
+            br#"{}"#,
+        ] {
+            let problem = super::parse_stock_adjustment(bad).unwrap_err();
+            assert_eq!(problem.status, 422, "{bad:?}");
+            assert_eq!(problem.errors[0].pointer, "/add", "{bad:?}");
+        }
+        assert_eq!(
+            super::parse_stock_adjustment(br#"{"add": 1, "set": 2}"#)
+                .unwrap_err()
+                .errors[0]
+                .pointer,
+            "/set"
+        );
+        assert_eq!(super::parse_stock_adjustment(b"{").unwrap_err().status, 400);
+    }
+
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    fn fingerprint_of(body: &serde_json::Value) -> String {
+        let today = NaiveDate::from_ymd_opt(2026, 11, 24).unwrap();
+        match parse_order_request(body.to_string().as_bytes(), today) {
+            Ok(order) => order.fingerprint,
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+
+    fn body(number: &str, cvc: &str, expiry: &str, quantity: u32) -> serde_json::Value {
+        json!({
+            "email": "ada@example.com",
+            "items": [{"sku": "SPIN-MUG", "quantity": quantity}],
+            "card": {"number": number, "expiry": expiry, "cvc": cvc}
+        })
+    }
+
+    /// The fingerprint is kept in the idempotency record: nothing in it may help recover
+    /// the card number or the CVC (an unkeyed hash of the whole body would let the CVC
+    /// be guessed in 10,000 tries).
+    #[test]
+    fn the_fingerprint_leaves_out_the_card_number_and_cvc() {
+        let base = fingerprint_of(&body("4242 4242 4242 4242", "123", "12/30", 1));
+        assert_eq!(
+            base,
+            fingerprint_of(&body("4242424242424242", "999", "12/2030", 1))
+        );
+        assert_ne!(
+            base,
+            fingerprint_of(&body("4242 4242 4242 4242", "123", "11/30", 1))
+        );
+        assert_ne!(
+            base,
+            fingerprint_of(&body("4242 4242 4242 4242", "123", "12/30", 2))
+        );
+        assert_ne!(
+            base,
+            fingerprint_of(&body("5555 5555 5555 4444", "123", "12/30", 1))
+        );
+    }
+
+    #[test]
+    fn invisible_and_bidi_characters_in_an_email_are_refused() {
+        for bad in [
+            "ada\u{200B}@example.com",
+            "ada@exa\u{202E}moc.elpmaxe",
+            "\u{2066}ada@example.com",
+            "ada@example.com\u{FEFF}",
+            "a\u{00AD}da@example.com",
+        ] {
+            assert!(validate_email(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_email("ada@example.com").is_ok());
+        assert!(validate_email("zoë@example.com").is_ok());
+    }
 
     fn today() -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, 24).unwrap()

@@ -30,8 +30,9 @@ pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// `target/debug` (or whatever profile dir the test binary runs from).
-fn binary(name: &str) -> PathBuf {
+/// A binary of this workspace, from `target/debug` (or whatever profile dir the test
+/// binary runs from).
+pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe
@@ -100,6 +101,11 @@ impl Process {
 
     pub fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
     }
 
     /// The exit status, if the process has exited.
@@ -256,46 +262,53 @@ impl Redis {
     /// Sends one command with the RESP protocol and returns the first reply line, or the
     /// bulk string's content.
     pub fn command(&self, args: &[&str]) -> std::io::Result<String> {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-        let mut request = format!("*{}\r\n", args.len());
-        for arg in args {
-            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-        }
-        stream.write_all(request.as_bytes())?;
-        let mut reader = BufReader::new(stream);
-        let mut line = String::new();
-        reader.read_line(&mut line)?;
-        let line = line.trim_end().to_owned();
-        if let Some(len) = line.strip_prefix('$') {
-            let len: i64 = len.parse().unwrap_or(-1);
-            if len < 0 {
-                return Ok(String::new());
-            }
-            let mut body = vec![0u8; len as usize + 2];
-            reader.read_exact(&mut body)?;
-            body.truncate(len as usize);
-            return Ok(String::from_utf8_lossy(&body).into_owned());
-        }
-        if let Some(count) = line.strip_prefix('*') {
-            // Arrays: one line per element (a bulk string's length line is skipped),
-            // enough for NUMSUB and friends.
-            let mut rest = String::new();
-            for _ in 0..count.parse::<usize>().unwrap_or(0) {
-                let mut element = String::new();
-                reader.read_line(&mut element)?;
-                if element.starts_with('$') {
-                    element.clear();
-                    reader.read_line(&mut element)?;
-                }
-                rest.push_str(element.trim_end());
-                rest.push('\n');
-            }
-            return Ok(rest);
-        }
-        Ok(line)
+        redis_command(self.port, args)
     }
+}
 
+/// One command to the Redis on `port` (see [`Redis::command`]).
+pub fn redis_command(port: u16, args: &[&str]) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut request = format!("*{}\r\n", args.len());
+    for arg in args {
+        request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    stream.write_all(request.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let line = line.trim_end().to_owned();
+    if let Some(len) = line.strip_prefix('$') {
+        let len: i64 = len.parse().unwrap_or(-1);
+        if len < 0 {
+            return Ok(String::new());
+        }
+        let mut body = vec![0u8; len as usize + 2];
+        reader.read_exact(&mut body)?;
+        body.truncate(len as usize);
+        return Ok(String::from_utf8_lossy(&body).into_owned());
+    }
+    if let Some(count) = line.strip_prefix('*') {
+        // Arrays: one line per element (a bulk string's length line is skipped),
+        // enough for NUMSUB and friends.
+        let mut rest = String::new();
+        for _ in 0..count.parse::<usize>().unwrap_or(0) {
+            let mut element = String::new();
+            reader.read_line(&mut element)?;
+            if element.starts_with('$') {
+                element.clear();
+                reader.read_line(&mut element)?;
+            }
+            rest.push_str(element.trim_end());
+            rest.push('\n');
+        }
+        return Ok(rest);
+    }
+    Ok(line)
+}
+
+impl Redis {
     pub fn publish(&self, channel: &str, payload: &str) -> i64 {
         let reply = self
             .command(&["PUBLISH", channel, payload])
@@ -327,7 +340,12 @@ impl Redis {
 
     /// Subscribes to `channel` in the background and collects every message.
     pub fn capture(&self, channel: &str) -> Captured {
-        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        Self::capture_port(self.port, channel)
+    }
+
+    /// [`Redis::capture`] on the Redis at `port`.
+    pub fn capture_port(port: u16, channel: &str) -> Captured {
+        let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect");
         let cmd = format!(
             "*2\r\n$9\r\nSUBSCRIBE\r\n${}\r\n{channel}\r\n",
             channel.len()
@@ -349,7 +367,20 @@ impl Redis {
             messages,
             _stream: stream,
         };
-        self.wait_for_subscribers(channel, 1);
+        wait_for(
+            &format!("a subscriber on {channel}"),
+            Duration::from_secs(10),
+            || {
+                let reply = redis_command(port, &["PUBSUB", "NUMSUB", channel]).ok()?;
+                let count: i64 = reply
+                    .lines()
+                    .filter_map(|l| l.strip_prefix(':'))
+                    .next_back()?
+                    .parse()
+                    .ok()?;
+                (count >= 1).then_some(())
+            },
+        );
         captured
     }
 }
@@ -500,6 +531,10 @@ pub struct RunnerOptions<'a> {
     pub otlp_endpoint: Option<String>,
     /// More environment for the runner process (e.g. `OTEL_*` settings).
     pub process_env: Vec<(String, String)>,
+    /// More command-line arguments for `spin-runner up`.
+    pub extra_args: Vec<String>,
+    /// Another manifest than the repository's `spin.toml` (same variables).
+    pub manifest: Option<PathBuf>,
 }
 
 impl Default for RunnerOptions<'_> {
@@ -511,6 +546,8 @@ impl Default for RunnerOptions<'_> {
             extra_variables: Vec::new(),
             otlp_endpoint: None,
             process_env: Vec::new(),
+            extra_args: Vec::new(),
+            manifest: None,
         }
     }
 }
@@ -561,11 +598,17 @@ impl Runner {
             .arg("up")
             .arg("--experimental-wasi-otel")
             .arg("--from")
-            .arg(workspace_root().join("spin.toml"))
+            .arg(
+                options
+                    .manifest
+                    .clone()
+                    .unwrap_or_else(|| workspace_root().join("spin.toml")),
+            )
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--runtime-config-file")
             .arg(&runtime_config)
+            .args(&options.extra_args)
             .env("RUST_LOG", "info");
         export_spans_to(&mut command, options.otlp_endpoint.as_deref());
         command.envs(options.process_env.iter().map(|(k, v)| (k, v)));
@@ -803,7 +846,8 @@ impl From<reqwest::blocking::Response> for Reply {
     }
 }
 
-fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
+/// The status and JSON body (Null if none) of a response.
+pub fn decode(response: reqwest::blocking::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().unwrap_or(Value::Null))
 }

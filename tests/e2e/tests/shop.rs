@@ -401,6 +401,101 @@ fn a_malformed_message_is_dead_lettered_and_the_shop_keeps_working() {
 }
 
 #[test]
+fn an_operator_restocks_while_orders_take_stock_and_nothing_is_lost() {
+    let shop = Shop::start("restock", RunnerOptions::default());
+    let base = &shop.runner.base_url;
+    let adjust = |sku: &str, body: Value| {
+        decode(
+            http()
+                .post(format!("{base}/api/admin/stock/{sku}"))
+                .bearer_auth(ADMIN_TOKEN)
+                .json(&body)
+                .send()
+                .unwrap(),
+        )
+    };
+    assert_eq!(shop.runner.available("WASM-TEE-M"), 50);
+    // 100 orders of one unit race with five restocks of ten: every unit is sold once.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let restocks: Vec<_> = (0..5)
+            .map(|_| scope.spawn(|| adjust("WASM-TEE-M", json!({"add": 10})).0))
+            .collect();
+        let orders: Vec<_> = (0..10)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            shop.runner
+                                .post_json(
+                                    "/api/orders",
+                                    &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
+                                    None,
+                                )
+                                .status
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        for r in restocks {
+            assert_eq!(r.join().unwrap(), 200);
+        }
+        orders.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let accepted = statuses.iter().filter(|s| **s == 202).count() as i64;
+    assert_eq!(accepted + shop.runner.available("WASM-TEE-M"), 100);
+
+    // Removing more than is left is refused, naming the field; the level is untouched.
+    let (status, level) = adjust("WASM-TEE-M", json!({"add": 3}));
+    assert_eq!(status, 200, "{level}");
+    let left = level["available"].as_i64().unwrap();
+    assert!(left >= 3, "{level}");
+    let (status, problem) = adjust("WASM-TEE-M", json!({"add": -(left + 1)}));
+    assert_eq!(status, 409, "{problem}");
+    assert_eq!(problem["errors"][0]["pointer"], "/add");
+    assert_eq!(problem["available"], left);
+    let (status, level) = adjust("WASM-TEE-M", json!({"add": -left}));
+    assert_eq!((status, level["available"].as_i64()), (200, Some(0)));
+
+    // Bad requests: the field, the SKU, the media type, the token.
+    let (status, problem) = adjust("WASM-TEE-M", json!({"add": 0}));
+    assert_eq!(
+        (status, &problem["errors"][0]["pointer"]),
+        (422, &json!("/add"))
+    );
+    assert_eq!(adjust("NO-SUCH-SKU", json!({"add": 1})).0, 404);
+    let text = http()
+        .post(format!("{base}/api/admin/stock/WASM-TEE-M"))
+        .bearer_auth(ADMIN_TOKEN)
+        .header("content-type", "text/plain")
+        .body(r#"{"add": 1}"#)
+        .send()
+        .unwrap();
+    assert_eq!(text.status().as_u16(), 415);
+    let anonymous = http()
+        .post(format!("{base}/api/admin/stock/WASM-TEE-M"))
+        .json(&json!({"add": 1000}))
+        .send()
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+
+    // The operator's view: every product, nothing in doubt after a clean run.
+    let (status, stock) = shop.runner.admin_get("/api/admin/stock");
+    assert_eq!(status, 200, "{stock}");
+    let tee = stock["products"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["sku"] == "WASM-TEE-M")
+        .unwrap();
+    assert_eq!(
+        (tee["available"].as_i64(), tee["in_doubt"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(stock["doubts"], json!([]));
+}
+
+#[test]
 fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
     let shop = Shop::start("concurrency", RunnerOptions::default());
     assert_eq!(shop.runner.available("WASM-TEE-M"), 50);
