@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build test lint up bench screenshots clean
+.PHONY: help setup build test lint up bench fuzz screenshots clean
 
 help:
 	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
@@ -12,6 +12,7 @@ help:
 	@echo "make build  - build checkout.wasm and fulfilment.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
 	@echo "make bench  - throughput/latency figures of the shop under the local runner"
+	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS=60 (libFuzzer)"
 	@echo "make screenshots - refresh docs/images from the browser tests"
 
 setup:
@@ -34,6 +35,9 @@ up: setup build
 
 bench: setup build
 	./scripts/bench.sh
+
+fuzz: setup
+	./scripts/fuzz.sh
 
 # The browser tests save their screenshots under target/screenshots; this refreshes the
 # ones the docs show.

@@ -2,16 +2,6 @@
 //! Wasmtime, for machines where Spin's CLI cannot be installed. It implements what this
 //! shop uses, with Spin's semantics, and refuses the rest by name.
 
-mod app;
-mod capabilities;
-mod engine;
-mod instance;
-mod logging;
-mod manifest;
-mod redis_conn;
-mod routes;
-mod triggers;
-
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,15 +11,16 @@ use clap::{Args, Parser, Subcommand};
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
-use crate::app::{AppConfig, Overrides};
-use crate::capabilities::key_value::{Backend, ComponentStores};
-use crate::capabilities::otel::Exporter;
-use crate::capabilities::outbound_redis::Connections;
-use crate::instance::ComponentRuntime;
-use crate::manifest::KeyValueStoreConfig;
-use crate::routes::RoutePattern;
-use crate::triggers::redis::RedisTriggerPre;
-use crate::triggers::{http as http_trigger, redis as redis_trigger};
+use spin_runner::app::{AppConfig, Overrides};
+use spin_runner::capabilities::key_value::{Backend, ComponentStores};
+use spin_runner::capabilities::otel::Exporter;
+use spin_runner::capabilities::outbound_redis::Connections;
+use spin_runner::engine;
+use spin_runner::instance::ComponentRuntime;
+use spin_runner::manifest::KeyValueStoreConfig;
+use spin_runner::routes::RoutePattern;
+use spin_runner::triggers::redis::RedisTriggerPre;
+use spin_runner::triggers::{http as http_trigger, redis as redis_trigger};
 
 #[derive(Parser)]
 #[command(

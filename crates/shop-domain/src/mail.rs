@@ -313,7 +313,9 @@ pub fn classify(
             Provider::SendGrid => message_id_header.map(str::to_owned),
             Provider::Mailpit => field("ID"),
         };
-        return Delivery::Sent { message_id };
+        return Delivery::Sent {
+            message_id: message_id.map(|id| printable(&id)),
+        };
     }
     let message = provider_message(provider, json.as_ref(), body);
     let transient = match status {
@@ -358,15 +360,29 @@ fn provider_message(provider: Provider, json: Option<&Value>, body: &[u8]) -> St
             .and_then(Value::as_str)
             .map(str::to_owned),
     });
-    from_json.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(body);
-        let text = text.trim();
-        if text.is_empty() {
-            "no response body".to_owned()
-        } else {
-            text.chars().take(300).collect()
-        }
-    })
+    let message = from_json.unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+    let message = printable(&message);
+    if message.is_empty() {
+        "no response body".to_owned()
+    } else {
+        message
+    }
+}
+
+/// The longest provider message kept on an order, in characters.
+pub const MAX_PROVIDER_MESSAGE_CHARS: usize = 300;
+
+/// `text` as it may be stored, shown and logged: control characters (newlines, escape
+/// sequences) as spaces, trimmed, at most [`MAX_PROVIDER_MESSAGE_CHARS`] characters.
+/// What a provider answers is not under the shop's control.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .trim()
+        .chars()
+        .take(MAX_PROVIDER_MESSAGE_CHARS)
+        .collect()
 }
 
 /// How often and how patiently fulfilment retries a transient failure within one
@@ -407,6 +423,25 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by fuzzing: a provider's message went onto the order and into the logs as
+    /// it came, newlines, escape sequences and all, however long.
+    #[test]
+    fn provider_messages_are_kept_printable_and_short() {
+        let body = br#"{"statusCode":422,"name":"validation_error","message":"line one\nline two \u001b[31mred"}"#;
+        let Delivery::Permanent { message, .. } = classify(Provider::Resend, 422, body, None)
+        else {
+            panic!("a 422 is permanent");
+        };
+        assert_eq!(message, "line one line two  [31mred");
+        let long = format!(r#"{{"Error":"{}"}}"#, "x".repeat(5_000));
+        let Delivery::Permanent { message, .. } =
+            classify(Provider::Mailpit, 400, long.as_bytes(), None)
+        else {
+            panic!("a 400 is permanent");
+        };
+        assert_eq!(message.chars().count(), MAX_PROVIDER_MESSAGE_CHARS);
+    }
     use crate::order::tests::sample_order;
 
     fn config(provider: Provider) -> MailConfig {

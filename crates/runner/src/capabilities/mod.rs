@@ -4,7 +4,7 @@
 //! plain struct of their states, and [`crate::engine::linker`] lists them once, so
 //! adding a capability touches its module and that list.
 
-pub mod allowed_hosts;
+pub use spin_app_config::allowed_hosts;
 pub mod key_value;
 pub mod otel;
 pub mod outbound_http;

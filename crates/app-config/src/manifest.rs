@@ -2,7 +2,6 @@
 //! this runner does not support, and resolving `{{ variable }}` templates.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
@@ -210,10 +209,8 @@ pub enum KeyValueStoreConfig {
 }
 
 impl RuntimeConfig {
-    pub fn load(path: &Path) -> Result<RuntimeConfig> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("{}", path.display()))
+    pub fn parse(text: &str) -> Result<RuntimeConfig> {
+        Ok(toml::from_str(text)?)
     }
 }
 

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::capabilities::allowed_hosts::AllowedHosts;
+use crate::allowed_hosts::AllowedHosts;
 use crate::manifest::{
     is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RuntimeConfig,
 };
@@ -56,7 +56,6 @@ impl AppConfig {
     pub fn load(manifest_path: &Path, overrides: Overrides<'_>) -> Result<AppConfig> {
         let text = std::fs::read_to_string(manifest_path)
             .with_context(|| format!("reading {}", manifest_path.display()))?;
-        let manifest = Manifest::parse(&text)?;
         let dir = manifest_path
             .parent()
             .map(Path::to_path_buf)
@@ -66,8 +65,38 @@ impl AppConfig {
         } else {
             dir
         };
+        let runtime = match overrides.runtime_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let config =
+                    RuntimeConfig::parse(&text).with_context(|| format!("{}", path.display()))?;
+                // Paths in it are relative to its own directory.
+                let runtime_dir = path
+                    .parent()
+                    .map(Path::to_path_buf)
+                    .unwrap_or_else(|| dir.clone());
+                Some((config, runtime_dir))
+            }
+            None => None,
+        };
         let env: HashMap<String, String> = std::env::vars().collect();
-        let app_variables = resolve_app_variables(&manifest, overrides.variables, &env)?;
+        AppConfig::from_parts(&text, &dir, runtime, &env, &overrides)
+    }
+
+    /// The application a manifest's text describes, with its files relative to `dir`,
+    /// the runtime config (and its directory) if any, and `env` as the environment
+    /// (`SPIN_VARIABLE_*`). Every refusal is an error naming what is wrong.
+    pub fn from_parts(
+        text: &str,
+        dir: &Path,
+        runtime: Option<(RuntimeConfig, PathBuf)>,
+        env: &HashMap<String, String>,
+        overrides: &Overrides<'_>,
+    ) -> Result<AppConfig> {
+        let dir = dir.to_path_buf();
+        let manifest = Manifest::parse(text)?;
+        let app_variables = resolve_app_variables(&manifest, overrides.variables, env)?;
         let app_var = |name: &str| app_variables.get(name).cloned();
 
         for id in overrides.component_ids {
@@ -156,15 +185,8 @@ impl AppConfig {
                 .push(t.component.clone());
         }
 
-        let runtime = match overrides.runtime_config {
-            Some(path) => RuntimeConfig::load(path)?,
-            None => RuntimeConfig::default(),
-        };
-        let runtime_dir = overrides
-            .runtime_config
-            .and_then(Path::parent)
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.clone());
+        let (runtime, runtime_dir) =
+            runtime.unwrap_or_else(|| (RuntimeConfig::default(), dir.clone()));
         let mut key_value_stores = BTreeMap::new();
         for c in components.values() {
             for label in &c.key_value_stores {
