@@ -4,7 +4,7 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-.PHONY: help setup build test lint up bench fuzz screenshots clean
+.PHONY: help setup build test lint up bench chaos fuzz screenshots clean
 
 help:
 	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
@@ -12,6 +12,7 @@ help:
 	@echo "make build  - build checkout.wasm and fulfilment.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
 	@echo "make bench  - throughput/latency figures of the shop under the local runner"
+	@echo "make chaos  - the fault soak (CHAOS_SECONDS=120): load, Redis and replica kills, mail faults; prints invariants"
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS=60 (libFuzzer)"
 	@echo "make screenshots - refresh docs/images from the browser tests"
 
@@ -35,6 +36,12 @@ up: setup build
 
 bench: setup build
 	./scripts/bench.sh
+
+# The soak of docs/reliability.md; `make test` runs it for 20 s.
+CHAOS_SECONDS ?= 120
+chaos: setup build
+	cargo build --bins --locked
+	CHAOS_SECONDS=$(CHAOS_SECONDS) cargo test --locked -p e2e --test chaos -- --nocapture
 
 fuzz: setup
 	./scripts/fuzz.sh

@@ -29,6 +29,34 @@ impl Shop {
         }
     }
 
+    /// `clients` threads each placing `each` orders of one WASM-TEE-M at once; every
+    /// answer's status.
+    fn order_tees_concurrently(&self, clients: usize, each: usize) -> Vec<u16> {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..clients)
+                .map(|_| {
+                    scope.spawn(|| {
+                        (0..each)
+                            .map(|_| {
+                                self.runner
+                                    .post_json(
+                                        "/api/orders",
+                                        &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
+                                        None,
+                                    )
+                                    .status
+                            })
+                            .collect::<Vec<u16>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().unwrap())
+                .collect()
+        })
+    }
+
     fn place(&self, sku: &str, quantity: u32, card: &str) -> String {
         let reply = self.runner.post_json(
             "/api/orders",
@@ -420,27 +448,11 @@ fn an_operator_restocks_while_orders_take_stock_and_nothing_is_lost() {
         let restocks: Vec<_> = (0..5)
             .map(|_| scope.spawn(|| adjust("WASM-TEE-M", json!({"add": 10})).0))
             .collect();
-        let orders: Vec<_> = (0..10)
-            .map(|_| {
-                scope.spawn(|| {
-                    (0..10)
-                        .map(|_| {
-                            shop.runner
-                                .post_json(
-                                    "/api/orders",
-                                    &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
-                                    None,
-                                )
-                                .status
-                        })
-                        .collect::<Vec<u16>>()
-                })
-            })
-            .collect();
+        let statuses = shop.order_tees_concurrently(10, 10);
         for r in restocks {
             assert_eq!(r.join().unwrap(), 200);
         }
-        orders.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        statuses
     });
     let accepted = statuses.iter().filter(|s| **s == 202).count() as i64;
     assert_eq!(accepted + shop.runner.available("WASM-TEE-M"), 100);
@@ -499,29 +511,7 @@ fn an_operator_restocks_while_orders_take_stock_and_nothing_is_lost() {
 fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
     let shop = Shop::start("concurrency", RunnerOptions::default());
     assert_eq!(shop.runner.available("WASM-TEE-M"), 50);
-    let statuses: Vec<u16> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..20)
-            .map(|_| {
-                scope.spawn(|| {
-                    (0..10)
-                        .map(|_| {
-                            shop.runner
-                                .post_json(
-                                    "/api/orders",
-                                    &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
-                                    None,
-                                )
-                                .status
-                        })
-                        .collect::<Vec<u16>>()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect()
-    });
+    let statuses = shop.order_tees_concurrently(20, 10);
     let accepted = statuses.iter().filter(|s| **s == 202).count();
     let refused = statuses.iter().filter(|s| **s == 409).count();
     assert_eq!((accepted, refused), (50, 150), "{statuses:?}");
