@@ -12,6 +12,7 @@
 //! cwd = "some/dir"                          # relative to the supervisor's directory
 //! ready = { tcp = "127.0.0.1:${REDIS_PORT:-6379}" }  # or { http = "http://..." }: any 2xx-4xx
 //! ready_timeout_seconds = 60                # default 60
+//! start_attempts = 3                        # default 3: starts before giving up, see below
 //! stop_signal = "TERM"                      # TERM (default) or INT
 //!
 //! # Run once every process is ready, then every interval_seconds (a run still going
@@ -24,6 +25,12 @@
 //! ```
 //!
 //! Expansion applies to command, args, env values, cwd and ready.
+//!
+//! A process that exits before its first readiness is started again (with backoff) up to
+//! `start_attempts` times in all, as supervisord's `startretries` does: something it
+//! needs may have gone down meanwhile (Redis killed while the app was starting makes
+//! the app exit, as `spin up` does), while a broken command still fails within seconds.
+//! Once it has been ready, a process is restarted whenever it exits, without limit.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -57,6 +64,8 @@ pub struct ProcessConfig {
     pub ready: Option<ReadyCheck>,
     #[serde(default = "default_ready_timeout_seconds")]
     pub ready_timeout_seconds: u64,
+    #[serde(default = "default_start_attempts")]
+    pub start_attempts: u32,
     #[serde(default)]
     pub stop_signal: StopSignal,
 }
@@ -111,6 +120,10 @@ impl fmt::Display for StopSignal {
 
 fn default_ready_timeout_seconds() -> u64 {
     60
+}
+
+fn default_start_attempts() -> u32 {
+    3
 }
 
 impl ProcessConfig {
@@ -188,6 +201,12 @@ impl Config {
             if process.ready_timeout_seconds == 0 {
                 bail!(
                     "process \"{}\": ready_timeout_seconds must be at least 1",
+                    process.name
+                );
+            }
+            if process.start_attempts == 0 {
+                bail!(
+                    "process \"{}\": start_attempts must be at least 1",
                     process.name
                 );
             }
@@ -372,6 +391,7 @@ mod tests {
         cwd = "some/dir"
         ready = { tcp = "127.0.0.1:${REDIS_PORT:-6379}" }
         ready_timeout_seconds = 20
+        start_attempts = 5
         stop_signal = "INT"
 
         [[process]]
@@ -395,11 +415,13 @@ mod tests {
         assert_eq!(redis.cwd.as_deref(), Some("some/dir"));
         assert_eq!(redis.ready, Some(ReadyCheck::Tcp("127.0.0.1:6379".into())));
         assert_eq!(redis.ready_timeout(), Duration::from_secs(20));
+        assert_eq!(redis.start_attempts, 5);
         assert_eq!(redis.stop_signal, StopSignal::Int);
 
         let app = &config.processes[1];
         assert!(app.args.is_empty() && app.env.is_empty() && app.cwd.is_none());
         assert_eq!(app.ready_timeout_seconds, 60);
+        assert_eq!(app.start_attempts, 3);
         assert_eq!(app.stop_signal, StopSignal::Term);
 
         assert_eq!(config.jobs[0].name, "redrive");
@@ -436,6 +458,10 @@ mod tests {
             (
                 "[[every]]\nname = \"a\"\ninterval_seconds = 0\ncommand = \"x\"\n",
                 "interval_seconds must be at least 1",
+            ),
+            (
+                "[[process]]\nname = \"a\"\ncommand = \"x\"\nstart_attempts = 0\n",
+                "start_attempts must be at least 1",
             ),
             (
                 "[[process]]\nname = \"a\"\ncommand = \"x\"\nready = { http = \"https://h/\" }\n",

@@ -192,8 +192,9 @@ async fn stop_process(board: &Board, process: StartedProcess) {
     let _ = task.await;
 }
 
-/// One process's whole life. Reports the first readiness (or why it failed) on `ready`;
-/// after that restarts the process whenever it exits, until shutdown.
+/// One process's whole life. Reports the first readiness (or why it failed) on `ready`:
+/// before that, an exit counts against `start_attempts`; after it, the process is
+/// restarted whenever it exits, until shutdown.
 async fn supervise_process(
     spec: ProcessConfig,
     board: Board,
@@ -201,47 +202,70 @@ async fn supervise_process(
     ready: oneshot::Sender<Result<(), String>>,
 ) {
     let name = spec.name.as_str();
+    let mut first_readiness = Some(ready);
     let mut running = match start_process(&spec, &board) {
         Ok(running) => running,
         Err(error) => {
-            let _ = ready.send(Err(format!("cannot start {name}: {error:#}")));
+            if let Some(ready) = first_readiness {
+                let _ = ready.send(Err(format!("cannot start {name}: {error:#}")));
+            }
             return;
         }
     };
-    match readiness(&spec, &mut running).await {
-        Readiness::Ready => {
-            update(&board, name, |p| p.ready = true);
-            eprintln!("supervisor: {name} is ready (pid {})", running.pid);
-            let _ = ready.send(Ok(()));
-        }
-        Readiness::Exited => {
-            let status = running.child.wait().await;
-            finish(&board, name, running).await;
-            if *shutdown.borrow() {
-                // Stopped by a signal received while it was starting.
-                eprintln!("supervisor: {name} exited ({})", describe(&status));
-            }
-            let why = format!("{name} exited during startup ({})", describe(&status));
-            let _ = ready.send(Err(why));
-            return;
-        }
-        Readiness::TimedOut => {
-            let why = format!(
-                "{name} was not ready within {}s",
-                spec.ready_timeout_seconds
-            );
-            let _ = ready.send(Err(why));
-            // The main task stops it, in reverse start order with the others.
-            let status = running.child.wait().await;
-            finish(&board, name, running).await;
-            eprintln!("supervisor: {name} exited ({})", describe(&status));
-            return;
-        }
-    }
-
     let mut backoff = Backoff::default();
     let mut restarts = 0;
+    let mut failed_starts = 0;
     loop {
+        match readiness(&spec, &mut running).await {
+            Readiness::Ready => {
+                update(&board, name, |p| p.ready = true);
+                match first_readiness.take() {
+                    Some(ready) => {
+                        eprintln!("supervisor: {name} is ready (pid {})", running.pid);
+                        let _ = ready.send(Ok(()));
+                    }
+                    None => eprintln!("supervisor: {name} is ready again (pid {})", running.pid),
+                }
+            }
+            Readiness::Exited if first_readiness.is_some() && !*shutdown.borrow() => {
+                failed_starts += 1;
+                if failed_starts >= spec.start_attempts {
+                    let status = running.child.wait().await;
+                    finish(&board, name, running).await;
+                    let times = match failed_starts {
+                        1 => String::new(),
+                        n => format!(", {n} starts in a row"),
+                    };
+                    let why = format!(
+                        "{name} exited during startup ({}{times})",
+                        describe(&status)
+                    );
+                    if let Some(ready) = first_readiness {
+                        let _ = ready.send(Err(why));
+                    }
+                    return;
+                }
+            }
+            // Reported (and restarted) below.
+            Readiness::Exited => {}
+            Readiness::TimedOut => {
+                let why = format!(
+                    "{name} was not ready within {}s",
+                    spec.ready_timeout_seconds
+                );
+                if let Some(ready) = first_readiness {
+                    let _ = ready.send(Err(why));
+                    // The main task stops it, in reverse start order with the others.
+                    let status = running.child.wait().await;
+                    finish(&board, name, running).await;
+                    eprintln!("supervisor: {name} exited ({})", describe(&status));
+                    return;
+                }
+                eprintln!("supervisor: {why} of its restart; killing it");
+                signal_group(running.pid, libc::SIGKILL);
+            }
+        }
+
         let status = running.child.wait().await;
         let up_for = running.started_at.elapsed();
         finish(&board, name, running).await;
@@ -250,8 +274,16 @@ async fn supervise_process(
             return;
         }
         let mut delay = backoff.delay_after(up_for);
+        let during = if first_readiness.is_some() {
+            format!(
+                " during startup, start {failed_starts} of {}",
+                spec.start_attempts
+            )
+        } else {
+            String::new()
+        };
         eprintln!(
-            "supervisor: {name} exited ({}); restarting in {}s (restart {})",
+            "supervisor: {name} exited ({}{during}); restarting in {}s (restart {})",
             describe(&status),
             delay.as_secs_f64(),
             restarts + 1
@@ -275,21 +307,6 @@ async fn supervise_process(
                 }
             }
         };
-        match readiness(&spec, &mut running).await {
-            Readiness::Ready => {
-                update(&board, name, |p| p.ready = true);
-                eprintln!("supervisor: {name} is ready again (pid {})", running.pid);
-            }
-            // Reported (and restarted) at the top of the loop.
-            Readiness::Exited => {}
-            Readiness::TimedOut => {
-                eprintln!(
-                    "supervisor: {name} was not ready within {}s of its restart; killing it",
-                    spec.ready_timeout_seconds
-                );
-                signal_group(running.pid, libc::SIGKILL);
-            }
-        }
     }
 }
 

@@ -594,7 +594,7 @@ fn bad_configs_are_refused_with_a_clear_message() {
 }
 
 #[test]
-fn a_process_exiting_during_startup_stops_what_was_started() {
+fn a_process_exiting_at_every_start_stops_what_was_started() {
     let dir = TempDir::new();
     let mut supervisor = Supervisor::start(
         &dir,
@@ -609,6 +609,7 @@ fn a_process_exiting_during_startup_stops_what_was_started() {
             command = "sh"
             args = ["-c", "echo giving up; exit 7"]
             ready = { tcp = "127.0.0.1:1" }
+            start_attempts = 2
         "#,
         &[],
     );
@@ -617,11 +618,78 @@ fn a_process_exiting_during_startup_stops_what_was_started() {
     let stderr = supervisor.stderr();
     assert!(
         stderr.contains(
-            "supervisor: second exited during startup (status 7); stopping what was started"
+            "supervisor: second exited (status 7 during startup, start 1 of 2); restarting in 0.5s"
         ),
         "{stderr}"
     );
-    assert!(supervisor.stdout().contains("[second] giving up\n"));
+    assert!(
+        stderr.contains(
+            "supervisor: second exited during startup (status 7, 2 starts in a row); stopping what was started"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(
+        supervisor.stdout().matches("[second] giving up\n").count(),
+        2,
+        "{}",
+        supervisor.output()
+    );
     let first = started_pid(&stderr, "first");
     assert!(!alive(first), "first outlived the failed startup");
+}
+
+#[test]
+fn a_process_that_exits_while_starting_because_a_dependency_died_is_started_again() {
+    // What `make up` meets when Redis dies while the app is still starting: the app exits
+    // (as `spin up` does without Redis), and must come back once Redis is back rather
+    // than bring the whole shop down.
+    let dir = TempDir::new();
+    let (dependency_port, app_port) = (free_port(), free_port());
+    let config = format!(
+        r#"
+            [[process]]
+            name = "dependency"
+            command = "sh"
+            # Comes back slowly after its first life, as Redis replaying its log does.
+            args = ["-c", "[ -e started ] && sleep 3; touch started; exec python3 -m http.server --bind 127.0.0.1 $0", "${{DEPENDENCY_PORT}}"]
+            cwd = "{dir}"
+            ready = {{ tcp = "127.0.0.1:${{DEPENDENCY_PORT}}" }}
+
+            [[process]]
+            name = "app"
+            command = "sh"
+            # Takes two seconds to start, then exits if its dependency does not answer.
+            args = ["-c", "sleep 2; curl -fsS -o /dev/null http://127.0.0.1:$0/ || exit 3; exec python3 -m http.server --bind 127.0.0.1 $1", "${{DEPENDENCY_PORT}}", "${{APP_PORT}}"]
+            cwd = "{dir}"
+            ready = {{ http = "http://127.0.0.1:${{APP_PORT}}/" }}
+        "#,
+        dir = dir.str(""),
+    );
+    let supervisor = Supervisor::start(
+        &dir,
+        &config,
+        &[
+            ("DEPENDENCY_PORT", &dependency_port.to_string()),
+            ("APP_PORT", &app_port.to_string()),
+        ],
+    );
+    let (dependency, _) = supervisor.ready_process("dependency", |_, _| true);
+    supervisor.wait_for_stderr("supervisor: started app");
+    // The app is still starting: its dependency dies.
+    send_signal(dependency, libc::SIGKILL);
+    supervisor.wait_for_stderr("supervisor: dependency exited (killed by signal 9)");
+    supervisor.wait_for_stderr("supervisor: app exited (status 3 during startup, start 1 of 3)");
+    let (_, restarts) = supervisor.ready_process("app", |_, restarts| restarts >= 1);
+    supervisor.ready_process("dependency", |_, restarts| restarts >= 1);
+    let stderr = supervisor.stderr();
+    assert!(
+        stderr.contains("supervisor: app is ready (pid "),
+        "the app's first readiness came after its restart\n{stderr}"
+    );
+    assert!(
+        !stderr.contains("stopping what was started"),
+        "{}",
+        supervisor.output()
+    );
+    assert!(restarts <= 2, "{}", supervisor.output());
 }
