@@ -9,7 +9,7 @@ use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue as Attribute};
 use serde_json::{json, Value};
 use shop_adapters::telemetry::{self, Steps};
-use shop_adapters::{now, seconds_variable, sleep_ms, variable, SpinEnv, SpinKeyValue};
+use shop_adapters::{now, seconds_variable, variable, SpinEnv, SpinKeyValue};
 use shop_domain::catalogue::PRODUCTS;
 use shop_domain::checkout::{self, Settings, TraceIds};
 use shop_domain::durable::Budget;
@@ -37,25 +37,23 @@ fn open_store() -> Result<SpinKeyValue, Problem> {
     SpinKeyValue::open().map_err(|e| checkout::unavailable(&e))
 }
 
-/// Seeds the catalogue's stock on first use; waits briefly if another request is
-/// seeding it right now.
-fn catalogue_ready(kv: &impl KeyValue) -> Result<(), Problem> {
-    for _ in 0..200 {
-        if stock::ensure_catalogue_seeded(kv).map_err(|e| checkout::unavailable(&e))? {
-            return Ok(());
-        }
-        sleep_ms(5);
+/// A stock read's failure as the client sees it.
+fn stock_unavailable(e: stock::StockError) -> Problem {
+    match e {
+        stock::StockError::Store(e) => checkout::unavailable(&e),
+        other => Problem::unavailable("stock is being initialised; try again")
+            .with_cause(format!("{other:?}")),
     }
-    Err(Problem::unavailable("the catalogue is being initialised"))
 }
 
+/// The catalogue with live stock: one counter read per product (stock is seeded on
+/// first use, see `shop_domain::stock`).
 pub fn list_products() -> Response {
     respond((|| {
         let kv = open_store()?;
-        catalogue_ready(&kv)?;
         let mut products = Vec::new();
         for p in PRODUCTS {
-            let available = stock::available(&kv, p.sku).map_err(|e| checkout::unavailable(&e))?;
+            let available = stock::available(&kv, p).map_err(stock_unavailable)?;
             products.push(json!({
                 "sku": p.sku,
                 "name": p.name,
@@ -130,7 +128,6 @@ fn place(incoming: &Incoming, body: &[u8]) -> Outcome {
         validated?
     };
     let kv = open_store()?;
-    catalogue_ready(&kv)?;
     let order_span = Context::current();
     let trace_ids = TraceIds {
         trace_id: telemetry::trace_id(order_span.span().span_context()),
@@ -172,28 +169,60 @@ fn replayable(stored: &StoredResponse) -> Response {
     builder.build()
 }
 
-/// Publishes order events on Spin's outbound Redis, each in a `PRODUCER` span whose W3C
+/// Publishes order events on Spin's outbound Redis, each on its order's shard of the
+/// channel (`shop_domain::event::order_channel`) and in a `PRODUCER` span whose W3C
 /// context the event carries to fulfilment. A redrive's event comes with the order's
 /// own context: its span joins the order's trace, linked to the current request.
 struct RedisPublisher {
     address: String,
-    channel: String,
+    base_channel: String,
+    shards: u32,
 }
 
 impl RedisPublisher {
     fn from_variables() -> Result<RedisPublisher, Problem> {
-        let read = |name| {
-            variable(name).map_err(|e| Problem::internal("configuration error").with_cause(e))
-        };
+        let configuration = |e| Problem::internal("configuration error").with_cause(e);
+        let read = |name| variable(name).map_err(configuration);
         Ok(RedisPublisher {
             address: read("redis_address")?,
-            channel: read("orders_channel")?,
+            base_channel: read("orders_channel")?,
+            shards: shop_domain::event::parse_shards(&read("order_shards")?)
+                .map_err(configuration)?,
         })
+    }
+}
+
+/// `PUBLISH` through `execute`, which, unlike `publish`, answers how many subscribers
+/// got the message: none means nobody will fulfil it (fulfilment down, or a shard
+/// without a trigger in `spin.toml`), so it counts as not published and redrive
+/// tries again.
+fn publish_to_subscribers(address: &str, channel: &str, payload: &[u8]) -> Result<i64, String> {
+    use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+    let connection =
+        Connection::open(address).map_err(|e| format!("connecting to Redis: {e}"))?;
+    let reply = connection
+        .execute(
+            "PUBLISH",
+            &[
+                RedisParameter::Binary(channel.as_bytes().to_vec()),
+                RedisParameter::Binary(payload.to_vec()),
+            ],
+        )
+        .map_err(|e| format!("publishing to {channel}: {e}"))?;
+    match reply.as_slice() {
+        [RedisResult::Int64(0)] => Err(format!(
+            "no subscriber on {channel}: fulfilment is not running, or spin.toml has no \
+             trigger for this shard (order_shards)"
+        )),
+        [RedisResult::Int64(receivers)] => Ok(*receivers),
+        other => Err(format!("publishing to {channel}: unexpected reply {other:?}")),
     }
 }
 
 impl Publisher for RedisPublisher {
     fn publish(&self, mut event: OrderPlaced) -> Result<(), String> {
+        let channel =
+            shop_domain::event::order_channel(&self.base_channel, &event.order_id, self.shards);
         let current = Context::current();
         let order_trace = telemetry::remote_parent(event.traceparent.as_deref(), None);
         let (parent, link) = if order_trace.has_active_span() {
@@ -203,11 +232,11 @@ impl Publisher for RedisPublisher {
         };
         let tracer = telemetry::tracer("checkout");
         let mut span = tracer
-            .span_builder(format!("publish {}", self.channel))
+            .span_builder(format!("publish {channel}"))
             .with_kind(SpanKind::Producer)
             .with_attributes([
                 Attribute::new("messaging.system", "redis"),
-                Attribute::new("messaging.destination.name", self.channel.clone()),
+                Attribute::new("messaging.destination.name", channel.clone()),
                 Attribute::new("messaging.operation.type", "publish"),
                 Attribute::new("messaging.operation.name", "publish"),
                 Attribute::new("messaging.message.id", event.event_id.clone()),
@@ -221,18 +250,16 @@ impl Publisher for RedisPublisher {
         let _active = cx.clone().attach();
         event.traceparent = telemetry::traceparent(cx.span().span_context());
         event.tracestate = telemetry::tracestate(cx.span().span_context());
-        let result = spin_sdk::redis::Connection::open(&self.address)
-            .map_err(|e| format!("connecting to Redis: {e}"))
-            .and_then(|connection| {
-                connection
-                    .publish(&self.channel, &event.to_json())
-                    .map_err(|e| format!("publishing to {}: {e}", self.channel))
-            });
+        let result = publish_to_subscribers(&self.address, &channel, &event.to_json());
         match &result {
-            Ok(()) => eprintln!(
-                "checkout: order {} published (epoch {})",
-                event.order_id, event.epoch
-            ),
+            Ok(receivers) => {
+                cx.span()
+                    .set_attribute(Attribute::new("shop.messaging.receivers", *receivers));
+                eprintln!(
+                    "checkout: order {} published on {channel} (epoch {})",
+                    event.order_id, event.epoch
+                )
+            }
             Err(e) => {
                 telemetry::fail(&cx, e.clone());
                 eprintln!(
@@ -241,7 +268,7 @@ impl Publisher for RedisPublisher {
                 );
             }
         }
-        result
+        result.map(drop)
     }
 }
 
@@ -412,7 +439,7 @@ pub fn stock(incoming: &Incoming) -> Response {
         authorise_admin(incoming)?;
         let kv = open_store()?;
         let doubts = stock::doubts(&kv).map_err(|e| checkout::unavailable(&e))?;
-        let levels = stock::levels(&kv, &doubts).map_err(|e| checkout::unavailable(&e))?;
+        let levels = stock::levels(&kv, &doubts).map_err(stock_unavailable)?;
         Ok(json_response(
             200,
             &json!({ "products": levels, "doubts": doubts }),
@@ -420,8 +447,9 @@ pub fn stock(incoming: &Incoming) -> Response {
     })())
 }
 
-/// `POST /api/admin/stock/{sku}` with `{"add": n}`: adds (or, negative, removes) units
-/// atomically with the counter orders take from; answers the new level.
+/// `POST /api/admin/stock/{sku}` with `{"add": n}` (negative removes units) or
+/// `{"set": n}`: changes the level atomically with the counter orders take from;
+/// answers the new level.
 pub async fn adjust_stock(incoming: &Incoming, request: IncomingRequest, sku: &str) -> Response {
     if let Err(problem) = authorise_admin(incoming) {
         return problem_response(&problem);
@@ -434,30 +462,37 @@ pub async fn adjust_stock(incoming: &Incoming, request: IncomingRequest, sku: &s
         let Some(product) = shop_domain::catalogue::find(sku) else {
             return Err(Problem::not_found(format!("no product with SKU {sku:?}")));
         };
-        let delta = shop_domain::validation::parse_stock_adjustment(&body)?;
+        let change = shop_domain::validation::parse_stock_adjustment(&body)?;
         let kv = open_store()?;
-        match stock::adjust(&kv, product, delta) {
+        match stock::adjust(&kv, product, change) {
             Ok(level) => {
-                eprintln!(
-                    "checkout: stock of {} adjusted by {delta}: {level}",
-                    product.sku
-                );
+                eprintln!("checkout: stock of {} {change:?}: {level}", product.sku);
                 Ok(json_response(
                     200,
                     &json!({ "sku": product.sku, "available": level }),
                 ))
             }
-            Err(stock::StockError::OutOfStock { available, .. }) => Err(Problem::new(
-                409,
-                "not-enough-stock",
-                "Not enough stock to remove",
-                format!("{} available, {} to remove", available, -delta),
-            )
-            .with_errors(vec![FieldError::new(
-                "/add",
-                format!("at most {available} can be removed"),
-            )])
-            .with_extension("available", json!(available))),
+            Err(stock::StockError::OutOfStock {
+                available,
+                requested,
+                ..
+            }) => {
+                let pointer = match change {
+                    stock::StockChange::Add(_) => "/add",
+                    stock::StockChange::Set(_) => "/set",
+                };
+                Err(Problem::new(
+                    409,
+                    "not-enough-stock",
+                    "Not enough stock to remove",
+                    format!("{available} available, {requested} to remove"),
+                )
+                .with_errors(vec![FieldError::new(
+                    pointer,
+                    format!("at most {available} can be removed"),
+                )])
+                .with_extension("available", json!(available)))
+            }
             Err(stock::StockError::Store(e)) => Err(Problem::unavailable(
                 "the store failed during the change, which may or may not have been applied; \
                  read GET /api/admin/stock before retrying",

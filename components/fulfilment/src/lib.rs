@@ -28,11 +28,18 @@ const SPAN_NAME: &str = "process order.placed";
 async fn on_message(message: Bytes) -> anyhow::Result<()> {
     let _tracing = telemetry::start();
     // The event's own context when it has one; otherwise a new trace.
-    let parent = match event::decode(&message) {
+    let decoded = event::decode(&message);
+    let parent = match &decoded {
         Ok(event) => {
             telemetry::remote_parent(event.traceparent.as_deref(), event.tracestate.as_deref())
         }
         Err(_) => Context::new(),
+    };
+    // Spin hands over the payload, not the channel: the order's shard names it.
+    let base_channel = variable("orders_channel").unwrap_or_default();
+    let channel = match (&decoded, variable("order_shards").map(|s| event::parse_shards(&s))) {
+        (Ok(event), Ok(Ok(shards))) => event::order_channel(&base_channel, &event.order_id, shards),
+        _ => base_channel,
     };
     let tracer = telemetry::tracer("fulfilment");
     let mut span = tracer
@@ -40,10 +47,7 @@ async fn on_message(message: Bytes) -> anyhow::Result<()> {
         .with_kind(SpanKind::Consumer)
         .with_attributes([
             Attribute::new("messaging.system", "redis"),
-            Attribute::new(
-                "messaging.destination.name",
-                variable("orders_channel").unwrap_or_default(),
-            ),
+            Attribute::new("messaging.destination.name", channel),
             Attribute::new("messaging.operation.type", "process"),
             Attribute::new("messaging.operation.name", "process"),
             Attribute::new("messaging.message.body.size", message.len() as i64),

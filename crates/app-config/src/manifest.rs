@@ -270,8 +270,39 @@ source = "c.wasm"
             .unwrap();
         let m = Manifest::parse(&text).unwrap();
         assert_eq!(m.trigger.http.len(), 1);
-        assert_eq!(m.trigger.redis.len(), 1);
+        assert!(!m.trigger.redis.is_empty());
         assert!(m.variables["mail_api_key"].secret);
+    }
+
+    /// Checkout spreads orders over `order_shards` channels: each needs a trigger of its
+    /// own, on an address string of its own (so that Spin gives it its own subscriber),
+    /// or its orders wait for redrive.
+    #[test]
+    fn every_order_shard_of_the_projects_manifest_has_a_subscriber_of_its_own() {
+        let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../spin.toml"))
+            .unwrap();
+        let m = Manifest::parse(&text).unwrap();
+        let shards: usize = m.variables["order_shards"]
+            .default
+            .as_deref()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(m.trigger.redis.len(), shards);
+        let mut addresses = std::collections::BTreeSet::new();
+        for (i, trigger) in m.trigger.redis.iter().enumerate() {
+            assert_eq!(trigger.channel, format!("{{{{ orders_channel }}}}.{i}"));
+            assert_eq!(trigger.component, "fulfilment");
+            let address = trigger.address.clone().unwrap();
+            assert!(address.starts_with("{{ redis_address }}"), "{address}");
+            assert!(addresses.insert(address), "trigger {i} shares its address");
+        }
+        for component in ["checkout", "fulfilment"] {
+            assert_eq!(
+                m.component[component].variables["order_shards"],
+                "{{ order_shards }}"
+            );
+        }
     }
 
     #[test]

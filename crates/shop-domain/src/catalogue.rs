@@ -51,6 +51,48 @@ pub const PRODUCTS: &[Product] = &[
         price_minor: 9_900,
         initial_stock: 3,
     },
+    Product {
+        sku: "SPIN-HOODIE",
+        name: "Spin hoodie",
+        price_minor: 4_500,
+        initial_stock: 40,
+    },
+    Product {
+        sku: "WASI-CAP",
+        name: "WASI cap",
+        price_minor: 1_800,
+        initial_stock: 60,
+    },
+    Product {
+        sku: "FERRIS-PLUSH",
+        name: "Ferris plush crab",
+        price_minor: 2_200,
+        initial_stock: 80,
+    },
+    Product {
+        sku: "COMPONENT-POSTER",
+        name: "Component model poster",
+        price_minor: 1_500,
+        initial_stock: 120,
+    },
+    Product {
+        sku: "PUBSUB-SOCKS",
+        name: "Pub/sub socks",
+        price_minor: 900,
+        initial_stock: 200,
+    },
+    Product {
+        sku: "TRACE-NOTEBOOK",
+        name: "Distributed tracing notebook",
+        price_minor: 1_100,
+        initial_stock: 150,
+    },
+    Product {
+        sku: "EDGE-BOTTLE",
+        name: "Edge water bottle",
+        price_minor: 1_900,
+        initial_stock: 70,
+    },
 ];
 
 /// Looks a product up by SKU (exact, case-sensitive).

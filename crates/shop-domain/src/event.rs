@@ -50,6 +50,37 @@ impl OrderPlaced {
     }
 }
 
+/// The most shards the order channel may be split into.
+pub const MAX_SHARDS: u32 = 256;
+
+/// The shard of `order_id` among `shards` (FNV-1a of the id: stable across builds and
+/// hosts, and spread evenly by the ids' random bits).
+pub fn shard(order_id: &str, shards: u32) -> u32 {
+    let hash = order_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    (hash % u64::from(shards.clamp(1, MAX_SHARDS))) as u32
+}
+
+/// The channel every event of `order_id` goes to: `<base>.<shard>`. Spin's Redis
+/// trigger handles one subscriber's messages one at a time, so the stream is split over
+/// `shards` channels, each with a subscriber of its own (`spin.toml` lists one trigger
+/// per shard), which Spin runs concurrently; one order's events stay on one channel, in
+/// order.
+pub fn order_channel(base: &str, order_id: &str, shards: u32) -> String {
+    format!("{base}.{}", shard(order_id, shards))
+}
+
+/// Parses the `order_shards` setting: an integer from 1 to [`MAX_SHARDS`].
+pub fn parse_shards(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_SHARDS).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "order_shards must be an integer from 1 to {MAX_SHARDS}, not {value:?}"
+        )),
+    }
+}
+
 /// Why a message cannot be processed. Each is dead-lettered, never retried.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
@@ -129,6 +160,34 @@ mod tests {
     use super::*;
     use crate::ids::{new_event_id, new_order_id};
     use proptest::prelude::*;
+
+    #[test]
+    fn orders_spread_evenly_over_the_shards_and_stay_on_theirs() {
+        let mut counts = [0u32; 16];
+        for i in 0..16_000u32 {
+            let mut random = [0u8; 16];
+            random[..4].copy_from_slice(&i.to_le_bytes());
+            random[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+            let id = new_order_id(random);
+            let channel = order_channel("shop.orders.placed", &id, 16);
+            assert_eq!(channel, order_channel("shop.orders.placed", &id, 16));
+            let shard: usize = channel.rsplit('.').next().unwrap().parse().unwrap();
+            counts[shard] += 1;
+        }
+        // 1,000 expected per shard.
+        assert!(counts.iter().all(|&n| (850..=1150).contains(&n)), "{counts:?}");
+        assert_eq!(order_channel("c", "ord_x", 1), "c.0");
+        assert_eq!(order_channel("c", "ord_x", 0), "c.0");
+    }
+
+    #[test]
+    fn shard_counts_are_checked() {
+        assert_eq!(parse_shards(" 16 "), Ok(16));
+        assert_eq!(parse_shards("1"), Ok(1));
+        for bad in ["0", "-1", "257", "many", ""] {
+            assert!(parse_shards(bad).unwrap_err().contains("order_shards"), "{bad}");
+        }
+    }
 
     fn sample() -> OrderPlaced {
         let mut e = OrderPlaced::new(

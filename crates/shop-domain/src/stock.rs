@@ -27,6 +27,9 @@
 //! Seeding puts [`Product::initial_stock`] into an empty store once: one caller wins the
 //! seed claim and adds the stock, then marks the SKU seeded. Until then other callers
 //! see [`StockError::NotSeeded`] and retry shortly (the window is two key-value calls).
+//! It happens on first use and costs nothing afterwards: only a counter at zero or
+//! below (sold out, or never seeded) makes a reader or a reservation look at the
+//! seeded marker, so the hot paths never do.
 
 use serde::{Deserialize, Serialize};
 
@@ -60,18 +63,45 @@ impl From<StoreError> for StockError {
     }
 }
 
-/// Seeds the stock of `product` if nobody has. Returns true once seeded (by anyone).
-pub fn ensure_seeded(kv: &impl KeyValue, product: &Product) -> Result<bool, StoreError> {
+/// What [`seed`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seeding {
+    /// Seeded before this call: the counter is what it is.
+    Already,
+    /// Seeded by this call: the counter just received the initial stock.
+    Now,
+    /// Another caller is seeding it right now.
+    InProgress,
+}
+
+/// Seeds the stock of `product` if nobody has.
+fn seed(kv: &impl KeyValue, product: &Product) -> Result<Seeding, StoreError> {
     if kv.counter(&keys::stock_seeded(product.sku))? > 0 {
-        return Ok(true);
+        return Ok(Seeding::Already);
     }
     if kv.claim(&keys::stock_seed_claim(product.sku))? {
         kv.increment(&keys::stock(product.sku), i64::from(product.initial_stock))?;
         kv.increment(&keys::stock_seeded(product.sku), 1)?;
-        return Ok(true);
+        return Ok(Seeding::Now);
     }
-    // Lost the claim: seeded only once the winner has marked it.
-    Ok(kv.counter(&keys::stock_seeded(product.sku))? > 0)
+    // Lost the claim: seeded once the winner, two store calls away, has marked it. This
+    // happens once per SKU ever (a burst of first orders), so asking again a few times
+    // beats failing the request.
+    for _ in 0..SEED_WAIT_READS {
+        if kv.counter(&keys::stock_seeded(product.sku))? > 0 {
+            return Ok(Seeding::Now);
+        }
+    }
+    Ok(Seeding::InProgress)
+}
+
+/// How many times a caller that lost the seed claim reads the seeded marker before it
+/// gives up (the winner may have died between its claim and its marker).
+const SEED_WAIT_READS: usize = 200;
+
+/// Seeds the stock of `product` if nobody has. Returns true once seeded (by anyone).
+pub fn ensure_seeded(kv: &impl KeyValue, product: &Product) -> Result<bool, StoreError> {
+    Ok(seed(kv, product)? != Seeding::InProgress)
 }
 
 /// Seeds every product; false if some SKU is still being seeded by another caller.
@@ -85,17 +115,40 @@ pub fn ensure_catalogue_seeded(kv: &impl KeyValue) -> Result<bool, StoreError> {
 
 /// The most one adjustment may add or remove.
 pub const MAX_ADJUSTMENT: i64 = 1_000_000;
+/// The highest level an operator may set.
+pub const MAX_LEVEL: i64 = 1_000_000_000;
 
-/// Adds `delta` units of `product` (negative: removes them, never below zero) with the
-/// same atomic counter orders take from, so it is safe under load. Returns the new
-/// level. A store failure leaves the change in doubt: read the level before retrying.
-pub fn adjust(kv: &impl KeyValue, product: &Product, delta: i64) -> Result<i64, StockError> {
-    if !ensure_seeded(kv, product)? {
-        return Err(StockError::NotSeeded {
-            sku: product.sku.to_owned(),
-        });
+/// What an operator asks of a product's stock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StockChange {
+    /// Add (negative: remove) units.
+    Add(i64),
+    /// Make the level this many units, less whatever orders take meanwhile.
+    Set(i64),
+}
+
+/// Changes the stock of `product` with the same atomic counter orders take from, so it
+/// is safe under load: an order placed meanwhile keeps its units (a `Set` counts them
+/// as taken from the new level). Never below zero: a change that would leave orders
+/// holding more than exists is undone and refused. Returns the new level. A store
+/// failure leaves the change in doubt: read the level before retrying.
+pub fn adjust(kv: &impl KeyValue, product: &Product, change: StockChange) -> Result<i64, StockError> {
+    if seed(kv, product)? == Seeding::InProgress {
+        // A seeder that died between its claim and its marker would leave the SKU
+        // unsold for ever: the operator's change decides the level, so it marks it.
+        kv.increment(&keys::stock_seeded(product.sku), 1)?;
     }
     let key = keys::stock(product.sku);
+    let delta = match change {
+        StockChange::Add(delta) => delta,
+        StockChange::Set(target) => {
+            let current = kv.counter(&key)?;
+            if current == target {
+                return Ok(current);
+            }
+            target - current
+        }
+    };
     let level = kv.increment(&key, delta)?;
     if level < 0 {
         // Orders hold what is missing: put it back and refuse, as a reservation would.
@@ -110,9 +163,21 @@ pub fn adjust(kv: &impl KeyValue, product: &Product, delta: i64) -> Result<i64, 
     Ok(level)
 }
 
-/// Units of `sku` available right now (never negative).
-pub fn available(kv: &impl KeyValue, sku: &str) -> Result<i64, StoreError> {
-    Ok(kv.counter(&keys::stock(sku))?.max(0))
+/// Units of `product` available right now (never negative), seeding its stock on
+/// first use. One counter read unless the product is sold out or new.
+pub fn available(kv: &impl KeyValue, product: &Product) -> Result<i64, StockError> {
+    let key = keys::stock(product.sku);
+    let level = kv.counter(&key)?;
+    if level > 0 {
+        return Ok(level);
+    }
+    match seed(kv, product)? {
+        Seeding::Already => Ok(level.max(0)),
+        Seeding::Now => Ok(kv.counter(&key)?.max(0)),
+        Seeding::InProgress => Err(StockError::NotSeeded {
+            sku: product.sku.to_owned(),
+        }),
+    }
 }
 
 /// Takes stock for every line of `order_id`, or nothing at all.
@@ -158,13 +223,6 @@ fn reserve_line(
     index: usize,
     line: &OrderLine,
 ) -> Result<(), LineFailure> {
-    if let Some(product) = crate::catalogue::find(&line.sku) {
-        if !ensure_seeded(kv, product)? {
-            return Err(LineFailure::Refused(StockError::NotSeeded {
-                sku: line.sku.clone(),
-            }));
-        }
-    }
     // Released already: redrive gave this order up for dead while it was slow.
     if kv.counter(&keys::release_claim(order_id, &line.sku))? > 0 {
         return Err(LineFailure::Refused(StockError::Released {
@@ -173,17 +231,37 @@ fn reserve_line(
     }
     let qty = i64::from(line.quantity);
     let stock_key = keys::stock(&line.sku);
-    let left = kv
-        .increment(&stock_key, -qty)
-        .map_err(LineFailure::Unsure)?;
-    if left < 0 {
+    // Take first, ask later: only a short counter can mean the SKU was never seeded,
+    // and then it is seeded and taken again, once.
+    let mut seeded_now = false;
+    loop {
+        let left = kv
+            .increment(&stock_key, -qty)
+            .map_err(LineFailure::Unsure)?;
+        if left >= 0 {
+            break;
+        }
         kv.increment(&stock_key, qty).map_err(LineFailure::Unsure)?;
-        return Err(LineFailure::Refused(StockError::OutOfStock {
-            line: index,
-            sku: line.sku.clone(),
-            requested: line.quantity,
-            available: (left + qty).max(0),
-        }));
+        let seeding = match crate::catalogue::find(&line.sku) {
+            Some(product) if !seeded_now => seed(kv, product)?,
+            _ => Seeding::Already,
+        };
+        match seeding {
+            Seeding::Now => seeded_now = true,
+            Seeding::Already => {
+                return Err(LineFailure::Refused(StockError::OutOfStock {
+                    line: index,
+                    sku: line.sku.clone(),
+                    requested: line.quantity,
+                    available: (left + qty).max(0),
+                }))
+            }
+            Seeding::InProgress => {
+                return Err(LineFailure::Refused(StockError::NotSeeded {
+                    sku: line.sku.clone(),
+                }))
+            }
+        }
     }
     kv.set(
         &keys::held(order_id, &line.sku),
@@ -323,13 +401,13 @@ pub struct Level {
 }
 
 /// The stock of every product, with what is in doubt.
-pub fn levels(kv: &impl KeyValue, doubts: &[Doubt]) -> Result<Vec<Level>, StoreError> {
+pub fn levels(kv: &impl KeyValue, doubts: &[Doubt]) -> Result<Vec<Level>, StockError> {
     PRODUCTS
         .iter()
         .map(|product| {
             Ok(Level {
                 sku: product.sku.to_owned(),
-                available: available(kv, product.sku)?,
+                available: available(kv, product)?,
                 in_doubt: doubts
                     .iter()
                     .filter(|d| d.sku == product.sku)
@@ -549,12 +627,12 @@ mod tests {
             let kv = MemoryStore::new(enc);
             let print = crate::catalogue::find("LIMITED-PRINT").unwrap();
             // Seeds first: the initial stock is not added on top later.
-            assert_eq!(adjust(&kv, print, 10).unwrap(), 13);
+            assert_eq!(adjust(&kv, print, StockChange::Add(10)).unwrap(), 13);
             assert!(ensure_catalogue_seeded(&kv).unwrap());
             reserve(&kv, "o1", &[line("LIMITED-PRINT", 3)]).unwrap();
-            assert_eq!(adjust(&kv, print, -4).unwrap(), 6);
+            assert_eq!(adjust(&kv, print, StockChange::Add(-4)).unwrap(), 6);
             assert_eq!(
-                adjust(&kv, print, -7).unwrap_err(),
+                adjust(&kv, print, StockChange::Add(-7)).unwrap_err(),
                 StockError::OutOfStock {
                     line: 0,
                     sku: "LIMITED-PRINT".into(),
@@ -563,7 +641,62 @@ mod tests {
                 }
             );
             assert_eq!(stock_of(&kv, "LIMITED-PRINT"), 6);
-            assert_eq!(adjust(&kv, print, -6).unwrap(), 0);
+            assert_eq!(adjust(&kv, print, StockChange::Add(-6)).unwrap(), 0);
+        }
+    }
+
+    #[test]
+    fn setting_a_level_keeps_what_orders_took_and_seeds_first() {
+        for enc in ENCODINGS {
+            let kv = MemoryStore::new(enc);
+            let mug = crate::catalogue::find("SPIN-MUG").unwrap();
+            // Never seeded: the level set is the level, the initial stock is not added later.
+            assert_eq!(adjust(&kv, mug, StockChange::Set(7)).unwrap(), 7);
+            assert_eq!(available(&kv, mug).unwrap(), 7);
+            reserve(&kv, "o1", &[line("SPIN-MUG", 2)]).unwrap();
+            assert_eq!(adjust(&kv, mug, StockChange::Set(5)).unwrap(), 5);
+            assert_eq!(adjust(&kv, mug, StockChange::Set(5)).unwrap(), 5);
+            assert_eq!(adjust(&kv, mug, StockChange::Set(0)).unwrap(), 0);
+            // The order's units come back on top of the level set.
+            release(&kv, "o1", &[line("SPIN-MUG", 2)]).unwrap();
+            assert_eq!(available(&kv, mug).unwrap(), 2);
+        }
+    }
+
+    #[test]
+    fn an_operator_unblocks_a_sku_whose_seeder_died() {
+        let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+        let mug = crate::catalogue::find("SPIN-MUG").unwrap();
+        // The seeder won its claim and died before adding the stock or marking it.
+        assert!(kv.claim(&keys::stock_seed_claim("SPIN-MUG")).unwrap());
+        assert_eq!(
+            reserve(&kv, "o1", &[line("SPIN-MUG", 1)]).unwrap_err(),
+            StockError::NotSeeded {
+                sku: "SPIN-MUG".into()
+            }
+        );
+        assert_eq!(adjust(&kv, mug, StockChange::Set(5)).unwrap(), 5);
+        reserve(&kv, "o2", &[line("SPIN-MUG", 1)]).unwrap();
+        assert_eq!(available(&kv, mug).unwrap(), 4);
+    }
+
+    #[test]
+    fn reading_and_reserving_seed_on_first_use_only() {
+        for enc in ENCODINGS {
+            let kv = MemoryStore::new(enc);
+            let print = crate::catalogue::find("LIMITED-PRINT").unwrap();
+            assert_eq!(available(&kv, print).unwrap(), 3);
+            reserve(&kv, "o1", &[line("LIMITED-PRINT", 3)]).unwrap();
+            // Sold out is not unseeded: no second seeding.
+            assert_eq!(available(&kv, print).unwrap(), 0);
+            assert!(matches!(
+                reserve(&kv, "o2", &[line("LIMITED-PRINT", 1)]),
+                Err(StockError::OutOfStock { available: 0, .. })
+            ));
+            assert_eq!(stock_of(&kv, "LIMITED-PRINT"), 0);
+            // A reservation is the first use of another SKU: seeded, then taken.
+            reserve(&kv, "o3", &[line("WASM-TEE-M", 4)]).unwrap();
+            assert_eq!(stock_of(&kv, "WASM-TEE-M"), 46);
         }
     }
 

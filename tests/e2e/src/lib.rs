@@ -24,7 +24,11 @@ pub const ADMIN_TOKEN: &str = "e2e-admin-token";
 pub const MAIL_KEY: &str = "e2e-mail-key";
 /// The verified sender domain of the dev mail API.
 pub const VERIFIED_DOMAIN: &str = "shop.test";
-pub const CHANNEL: &str = "e2e.orders";
+/// The `orders_channel` every test runner is started with: orders go to its shards,
+/// `e2e.orders.0` to `e2e.orders.<order_shards - 1>`.
+pub const CHANNEL_BASE: &str = "e2e.orders";
+/// Where every order goes with one shard, the tests' default ([`RunnerOptions`]).
+pub const CHANNEL: &str = "e2e.orders.0";
 
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -34,11 +38,12 @@ pub fn workspace_root() -> PathBuf {
 /// binary runs from).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
+    // A test: target/<profile>/deps/<test>; a binary (the benchmark):
+    // target/<profile>/<binary>. Either way the others are in target/<profile>/.
+    let mut dir = exe.parent().expect("target profile directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target profile directory");
+    }
     let path = dir.join(name);
     assert!(
         path.exists(),
@@ -492,6 +497,28 @@ impl DevMail {
             .unwrap_or_default()
     }
 
+    /// Emails accepted after the first `since` (oldest first).
+    pub fn messages_since(&self, since: usize) -> Vec<Value> {
+        http()
+            .get(format!("{}/__devmail/messages?since={since}", self.base_url))
+            .send()
+            .and_then(|r| r.json::<Value>())
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    /// Sets the faults of the next send requests: `{"count", "status"?, "delay_ms"?,
+    /// "unverified"?}` (devmail's `POST /__devmail/faults`).
+    pub fn set_faults(&self, faults: &Value) {
+        let response = http()
+            .post(format!("{}/__devmail/faults", self.base_url))
+            .json(faults)
+            .send()
+            .expect("devmail faults");
+        assert!(response.status().is_success(), "{response:?}");
+    }
+
     /// Every send attempt, accepted or not.
     pub fn requests(&self) -> Vec<Value> {
         http()
@@ -505,12 +532,7 @@ impl DevMail {
 
     /// The next `count` send requests fail with `status`.
     pub fn fail_next(&self, count: u32, status: u16) {
-        let response = http()
-            .post(format!("{}/__devmail/faults", self.base_url))
-            .json(&serde_json::json!({ "count": count, "status": status }))
-            .send()
-            .expect("devmail faults");
-        assert!(response.status().is_success(), "{response:?}");
+        self.set_faults(&serde_json::json!({ "count": count, "status": status }));
     }
 }
 
@@ -535,6 +557,11 @@ pub struct RunnerOptions<'a> {
     pub extra_args: Vec<String>,
     /// Another manifest than the repository's `spin.toml` (same variables).
     pub manifest: Option<PathBuf>,
+    /// How many of `spin.toml`'s shards checkout spreads orders over: 1 (all on
+    /// [`CHANNEL`]) unless a test is about sharding.
+    pub order_shards: u32,
+    /// Run this program (e.g. `spin`) instead of the runner; it takes the same arguments.
+    pub program: Option<PathBuf>,
 }
 
 impl Default for RunnerOptions<'_> {
@@ -548,6 +575,8 @@ impl Default for RunnerOptions<'_> {
             process_env: Vec::new(),
             extra_args: Vec::new(),
             manifest: None,
+            order_shards: 1,
+            program: None,
         }
     }
 }
@@ -582,7 +611,8 @@ impl Runner {
 
         let mut variables = vec![
             ("redis_address".to_owned(), redis.url()),
-            ("orders_channel".to_owned(), CHANNEL.to_owned()),
+            ("orders_channel".to_owned(), CHANNEL_BASE.to_owned()),
+            ("order_shards".to_owned(), options.order_shards.to_string()),
             ("admin_token".to_owned(), ADMIN_TOKEN.to_owned()),
             ("mail_provider".to_owned(), "resend".to_owned()),
             ("mail_api_base_url".to_owned(), mail.base_url.clone()),
@@ -591,7 +621,7 @@ impl Runner {
         ];
         variables.extend(options.extra_variables);
 
-        let mut command = Command::new(runner_binary());
+        let mut command = Command::new(options.program.clone().unwrap_or_else(runner_binary));
         // The components are built with tracing, as `make build` builds them: like
         // `spin up`, the runner needs the flag to link wasi:otel.
         command

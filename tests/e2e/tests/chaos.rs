@@ -54,7 +54,8 @@ impl Supervised {
         .unwrap();
         let variables = [
             format!("redis_address=redis://127.0.0.1:{redis_port}"),
-            format!("orders_channel={CHANNEL}"),
+            // spin.toml's own 16 shards; duplicates and garbage go to shard 0.
+            format!("orders_channel={CHANNEL_BASE}"),
             format!("admin_token={ADMIN_TOKEN}"),
             "mail_provider=resend".into(),
             format!("mail_api_base_url=http://127.0.0.1:{mail_port}"),

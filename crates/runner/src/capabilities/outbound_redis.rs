@@ -80,7 +80,7 @@ impl OutboundRedis {
         Ok(self.table.get(conn)?.manager.clone())
     }
 
-    fn span(&self, name: &'static str) -> HostSpan {
+    fn span(&self, name: impl Into<std::borrow::Cow<'static, str>>) -> HostSpan {
         self.trace.span(
             name,
             SpanKind::Client,
@@ -90,12 +90,13 @@ impl OutboundRedis {
     }
 
     /// A command for the connection's shared link, in a span named after the command
-    /// (as Spin names them: `PUBLISH`, `GET`...). Owned, so that no borrow of the
-    /// instance state (which is not `Sync`) is held while it is sent.
+    /// (as Spin names them: `PUBLISH`, `GET`...; `execute`'s after the command it runs).
+    /// Owned, so that no borrow of the instance state (which is not `Sync`) is held
+    /// while it is sent.
     fn command(
         &self,
         conn: &Resource<Connection>,
-        name: &'static str,
+        name: impl Into<std::borrow::Cow<'static, str>>,
         repeat: Repeat,
         cmd: redis::Cmd,
     ) -> wasmtime::Result<Command> {
@@ -273,6 +274,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
         arguments: Vec<outbound_redis::RedisParameter>,
     ) -> wasmtime::Result<Result<Vec<outbound_redis::RedisResult>, outbound_redis::Error>> {
         let mut cmd = redis::cmd(&command);
+        let span_name = command.to_ascii_uppercase();
         for argument in arguments {
             match argument {
                 outbound_redis::RedisParameter::Int64(i) => cmd.arg(i),
@@ -280,12 +282,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
             };
         }
         let reply = Ok::<_, wasmtime::Error>(
-            send::<redis::Value>(self.command(
-                &conn,
-                "spin_outbound_redis.execute",
-                Repeat::Once,
-                cmd,
-            )?)
+            send::<redis::Value>(self.command(&conn, span_name, Repeat::Once, cmd)?)
             .await,
         )?;
         Ok(reply.map(|value| {
