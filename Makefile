@@ -11,7 +11,7 @@ help:
 	@echo "make test   - install what is missing, build, and run all tests"
 	@echo "make build  - build checkout.wasm and fulfilment.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
-	@echo "make bench  - throughput/latency figures of the shop under the local runner"
+	@echo "make bench  - the shop's throughput and latency beside the platform's floor (docs/performance.md)"
 	@echo "make chaos  - the fault soak (CHAOS_SECONDS=120): load, Redis and replica kills, mail faults; prints invariants"
 	@echo "make fuzz   - every cargo-fuzz target for FUZZ_SECONDS=60 (libFuzzer)"
 	@echo "make screenshots - refresh docs/images from the browser tests"
@@ -22,8 +22,10 @@ setup:
 build:
 	./scripts/build-wasm.sh
 
-# The end-to-end tests start the runner and dev mail binaries: build them first.
+# The end-to-end tests start the runner and dev mail binaries: build them first, and
+# the benchmark's empty component for its smoke run (tests/e2e/tests/bench.rs).
 test: setup build
+	./scripts/build-wasm.sh bench-empty
 	cargo build --bins --locked
 	cargo test --locked
 

@@ -13,6 +13,10 @@
 #   wasm-component-ld, which calls lld-19's wasm-ld (see docs/toolchain.md). Its own
 #   CARGO_TARGET_DIR keeps the two compilers from invalidating each other.
 #
+# With package names as arguments (`scripts/build-wasm.sh bench-empty`), builds just
+# those, plain, into target/wasm32-wasip2/release/<name with _>.wasm: `make bench` builds
+# its empty floor component this way.
+#
 # Idempotent: installs only what is missing, and says what it does.
 set -euo pipefail
 
@@ -66,6 +70,22 @@ else
         RUSTFLAGS="-C linker=$component_ld -C link-self-contained=no -L native=/usr/lib/wasm32-wasi" \
             /usr/bin/cargo build --release -Zbuild-std=std,panic_abort --target wasm32-wasip2 "$@"
     }
+fi
+
+if [ "$#" -gt 0 ]; then
+    extra=()
+    for p in "$@"; do extra+=(-p "$p"); done
+    say "building ${*} (plain) -> $out_dir/"
+    cargo_build "${extra[@]}"
+    mkdir -p "$out_dir"
+    for p in "$@"; do
+        file="${p//-/_}.wasm"
+        if [ "$build_dir" != "$root/target" ]; then
+            cp -f "$build_dir/wasm32-wasip2/release/$file" "$out_dir/$file"
+        fi
+        say "built $(du -h "$out_dir/$file" | cut -f1) $out_dir/$file"
+    done
+    exit 0
 fi
 
 # Cargo writes both variants to the same file names: build one, set it aside, then

@@ -24,4 +24,9 @@ if ! command -v cargo >/dev/null 2>&1; then
     say "cargo not found: install Rust with rustup (https://rustup.rs) and run this again"
     exit 1
 fi
-say "system packages present: redis-server $(redis-server --version | awk '{print $3}')"
+# The benchmark's load generator (`make bench`, and its smoke run in `make test`).
+if ! command -v oha >/dev/null 2>&1; then
+    say "installing oha, the HTTP load generator (cargo install --locked oha)"
+    cargo install --locked oha
+fi
+say "system packages present: redis-server $(redis-server --version | awk '{print $3}'), $(oha --version)"

@@ -198,8 +198,7 @@ impl RedisPublisher {
 /// tries again.
 fn publish_to_subscribers(address: &str, channel: &str, payload: &[u8]) -> Result<i64, String> {
     use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
-    let connection =
-        Connection::open(address).map_err(|e| format!("connecting to Redis: {e}"))?;
+    let connection = Connection::open(address).map_err(|e| format!("connecting to Redis: {e}"))?;
     let reply = connection
         .execute(
             "PUBLISH",
@@ -215,7 +214,9 @@ fn publish_to_subscribers(address: &str, channel: &str, payload: &[u8]) -> Resul
              trigger for this shard (order_shards)"
         )),
         [RedisResult::Int64(receivers)] => Ok(*receivers),
-        other => Err(format!("publishing to {channel}: unexpected reply {other:?}")),
+        other => Err(format!(
+            "publishing to {channel}: unexpected reply {other:?}"
+        )),
     }
 }
 

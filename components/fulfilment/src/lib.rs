@@ -37,7 +37,10 @@ async fn on_message(message: Bytes) -> anyhow::Result<()> {
     };
     // Spin hands over the payload, not the channel: the order's shard names it.
     let base_channel = variable("orders_channel").unwrap_or_default();
-    let channel = match (&decoded, variable("order_shards").map(|s| event::parse_shards(&s))) {
+    let channel = match (
+        &decoded,
+        variable("order_shards").map(|s| event::parse_shards(&s)),
+    ) {
         (Ok(event), Ok(Ok(shards))) => event::order_channel(&base_channel, &event.order_id, shards),
         _ => base_channel,
     };

@@ -177,12 +177,28 @@ async fn serve(app: Arc<DevMail>, listen: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The `since=N` of a query string (0 when absent or not a number).
+fn since(query: Option<&str>) -> usize {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("since="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
 async fn route(app: &DevMail, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let answer = match (&method, path.as_str()) {
         (&Method::POST, p) if Provider::from_path(p).is_some() => traced_send(app, req).await,
-        (&Method::GET, "/__devmail/messages") => Answer::json(200, json!(app.state().messages)),
+        // `?since=N`: only the messages after the first N, so that a poller (the
+        // benchmark) reads each message once.
+        (&Method::GET, "/__devmail/messages") => {
+            let since = since(req.uri().query());
+            let state = app.state();
+            Answer::json(200, json!(state.messages.get(since..).unwrap_or_default()))
+        }
         (&Method::DELETE, "/__devmail/messages") => {
             let mut state = app.state();
             state.messages.clear();

@@ -115,6 +115,15 @@ fn each_provider_accepts_its_own_shape() {
     assert_eq!(messages.as_array().unwrap().len(), 4);
     assert_eq!(messages[0]["to"], json!(["ada@example.com"]));
     assert_eq!(messages[2]["provider"], "sendgrid");
+    // A poller reads only what is new.
+    let newer = mail.get("/__devmail/messages?since=3");
+    assert_eq!(newer.as_array().unwrap().len(), 1);
+    assert_eq!(newer[0]["id"], messages[3]["id"]);
+    assert!(mail
+        .get("/__devmail/messages?since=9")
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     let page = reqwest::blocking::get(format!("{}/", mail.base))
         .unwrap()

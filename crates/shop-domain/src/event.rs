@@ -56,9 +56,11 @@ pub const MAX_SHARDS: u32 = 256;
 /// The shard of `order_id` among `shards` (FNV-1a of the id: stable across builds and
 /// hosts, and spread evenly by the ids' random bits).
 pub fn shard(order_id: &str, shards: u32) -> u32 {
-    let hash = order_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    });
+    let hash = order_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
     (hash % u64::from(shards.clamp(1, MAX_SHARDS))) as u32
 }
 
@@ -175,7 +177,10 @@ mod tests {
             counts[shard] += 1;
         }
         // 1,000 expected per shard.
-        assert!(counts.iter().all(|&n| (850..=1150).contains(&n)), "{counts:?}");
+        assert!(
+            counts.iter().all(|&n| (850..=1150).contains(&n)),
+            "{counts:?}"
+        );
         assert_eq!(order_channel("c", "ord_x", 1), "c.0");
         assert_eq!(order_channel("c", "ord_x", 0), "c.0");
     }
@@ -185,7 +190,10 @@ mod tests {
         assert_eq!(parse_shards(" 16 "), Ok(16));
         assert_eq!(parse_shards("1"), Ok(1));
         for bad in ["0", "-1", "257", "many", ""] {
-            assert!(parse_shards(bad).unwrap_err().contains("order_shards"), "{bad}");
+            assert!(
+                parse_shards(bad).unwrap_err().contains("order_shards"),
+                "{bad}"
+            );
         }
     }
 

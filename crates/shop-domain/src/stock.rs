@@ -132,7 +132,11 @@ pub enum StockChange {
 /// as taken from the new level). Never below zero: a change that would leave orders
 /// holding more than exists is undone and refused. Returns the new level. A store
 /// failure leaves the change in doubt: read the level before retrying.
-pub fn adjust(kv: &impl KeyValue, product: &Product, change: StockChange) -> Result<i64, StockError> {
+pub fn adjust(
+    kv: &impl KeyValue,
+    product: &Product,
+    change: StockChange,
+) -> Result<i64, StockError> {
     if seed(kv, product)? == Seeding::InProgress {
         // A seeder that died between its claim and its marker would leave the SKU
         // unsold for ever: the operator's change decides the level, so it marks it.

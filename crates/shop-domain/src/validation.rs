@@ -269,9 +269,8 @@ pub fn parse_stock_adjustment(body: &[u8]) -> Result<crate::stock::StockChange, 
     use crate::stock::{StockChange, MAX_ADJUSTMENT, MAX_LEVEL};
     let value: serde_json::Value =
         serde_json::from_slice(body).map_err(|e| Problem::malformed_json(e.to_string()))?;
-    let field = |pointer: &str, detail: String| {
-        Problem::validation(vec![FieldError::new(pointer, detail)])
-    };
+    let field =
+        |pointer: &str, detail: String| Problem::validation(vec![FieldError::new(pointer, detail)]);
     let Some(object) = value.as_object() else {
         return Err(field(
             "",
@@ -279,7 +278,10 @@ pub fn parse_stock_adjustment(body: &[u8]) -> Result<crate::stock::StockChange, 
         ));
     };
     if let Some(unknown) = object.keys().find(|k| !matches!(k.as_str(), "add" | "set")) {
-        return Err(field(&format!("/{}", escape_pointer(unknown)), "unknown field".to_owned()));
+        return Err(field(
+            &format!("/{}", escape_pointer(unknown)),
+            "unknown field".to_owned(),
+        ));
     }
     match (object.get("add"), object.get("set")) {
         (Some(add), None) => match add.as_i64() {
@@ -293,7 +295,10 @@ pub fn parse_stock_adjustment(body: &[u8]) -> Result<crate::stock::StockChange, 
         },
         (None, Some(set)) => match set.as_i64() {
             Some(n) if (0..=MAX_LEVEL).contains(&n) => Ok(StockChange::Set(n)),
-            _ => Err(field("/set", format!("must be an integer from 0 to {MAX_LEVEL}"))),
+            _ => Err(field(
+                "/set",
+                format!("must be an integer from 0 to {MAX_LEVEL}"),
+            )),
         },
         (Some(_), Some(_)) => Err(field("/set", "give either add or set, not both".to_owned())),
         (None, None) => Err(field("/add", "is required (or set)".to_owned())),

@@ -500,7 +500,10 @@ impl DevMail {
     /// Emails accepted after the first `since` (oldest first).
     pub fn messages_since(&self, since: usize) -> Vec<Value> {
         http()
-            .get(format!("{}/__devmail/messages?since={since}", self.base_url))
+            .get(format!(
+                "{}/__devmail/messages?since={since}",
+                self.base_url
+            ))
             .send()
             .and_then(|r| r.json::<Value>())
             .ok()

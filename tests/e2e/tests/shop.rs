@@ -710,9 +710,9 @@ fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
         placing.into_iter().map(|p| p.join().unwrap()).collect()
     });
     for id in &ids {
-        let order = shop.runner.wait_for_order(id, "emailed", |o| {
-            o["notification"]["state"] == "sent"
-        });
+        let order = shop
+            .runner
+            .wait_for_order(id, "emailed", |o| o["notification"]["state"] == "sent");
         assert_eq!(order["status"], "confirmed");
     }
     // One email per order.
@@ -721,7 +721,12 @@ fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
     for id in &ids {
         let about = messages
             .iter()
-            .filter(|m| m["subject"].as_str().unwrap_or_default().contains(id.as_str()))
+            .filter(|m| {
+                m["subject"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains(id.as_str())
+            })
             .count();
         assert_eq!(about, 1, "{id}");
     }

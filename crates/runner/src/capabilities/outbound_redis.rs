@@ -282,8 +282,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
             };
         }
         let reply = Ok::<_, wasmtime::Error>(
-            send::<redis::Value>(self.command(&conn, span_name, Repeat::Once, cmd)?)
-            .await,
+            send::<redis::Value>(self.command(&conn, span_name, Repeat::Once, cmd)?).await,
         )?;
         Ok(reply.map(|value| {
             let mut results = Vec::new();

@@ -1,0 +1,256 @@
+//! `make bench`: the shop's speed beside the platform's floor, in one run on one machine.
+//!
+//! 1. Floors: an empty HTTP component on the same runner; `redis-benchmark` for `SET`,
+//!    `INCRBY` and `PUBLISH` on the same Redis.
+//! 2. Checkout alone (fulfilment not running): `GET /api/products` and `POST
+//!    /api/orders` at each concurrency.
+//! 3. End to end, with fulfilment and the dev mail API (answering at once, then after
+//!    150 ms): orders offered at a fixed rate for a fixed time; accepted and emailed
+//!    orders/s, the time from an order's acceptance to its email, and the backlog.
+//! 4. Cost: `POST` latency for 1, 5 and 10 lines; the runner's memory idle and under
+//!    load; time to the first answer with and without the compiled-component cache.
+//! 5. With `spin` on PATH, the same under `spin up`.
+//!
+//! Prints a table, writes `target/bench/results.json` and `target/bench/latency.svg`.
+//! `--smoke` runs every step for a moment (what `make test` runs, so none can rot).
+//! Figures are printed, never asserted: they depend on the machine.
+
+mod load;
+mod plot;
+mod report;
+mod stack;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use load::{Figures, Load};
+use stack::{EndToEnd, Host, Shop};
+
+/// How long and how hard each step runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    pub seconds: f64,
+    pub concurrencies: Vec<u32>,
+    /// Orders per second offered end to end with the mail API answering at once, as
+    /// fractions of what checkout alone accepted at 32 connections.
+    pub instant_mail_load: Vec<f64>,
+    /// Orders per second offered end to end with the mail API answering in 150 ms.
+    pub slow_mail_rate: u32,
+    pub slow_mail_delay_ms: u64,
+    /// How long to wait after the load for the backlog to drain.
+    pub drain_seconds: f64,
+    pub redis_benchmark_requests: u32,
+    pub smoke: bool,
+}
+
+impl Settings {
+    fn from_env(smoke: bool) -> Settings {
+        let number = |name: &str, default: f64| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(default)
+        };
+        if smoke {
+            return Settings {
+                seconds: 1.0,
+                concurrencies: vec![1, 8],
+                instant_mail_load: vec![0.2],
+                slow_mail_rate: 20,
+                slow_mail_delay_ms: 150,
+                drain_seconds: 30.0,
+                redis_benchmark_requests: 2_000,
+                smoke,
+            };
+        }
+        Settings {
+            seconds: number("BENCH_SECONDS", 10.0),
+            concurrencies: vec![1, 8, 32, 128],
+            instant_mail_load: vec![0.5, 1.0],
+            slow_mail_rate: number("BENCH_SLOW_MAIL_RATE", 120.0) as u32,
+            slow_mail_delay_ms: 150,
+            drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
+            redis_benchmark_requests: 200_000,
+            smoke,
+        }
+    }
+}
+
+/// Everything one host (the runner, or `spin up`) measured.
+#[derive(Debug, Serialize)]
+pub struct HostResults {
+    pub host: String,
+    pub empty: Vec<Figures>,
+    pub products: Vec<Figures>,
+    pub orders: Vec<Figures>,
+    /// `POST /api/orders` latency by number of lines (checkout alone).
+    pub order_lines: Vec<(usize, Figures)>,
+    pub end_to_end: Vec<EndToEnd>,
+    pub memory: stack::Memory,
+    pub startup: stack::Startup,
+}
+
+impl HostResults {
+    pub fn at(figures: &[Figures], connections: u32) -> Option<&Figures> {
+        figures.iter().find(|f| f.connections == connections)
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Results {
+    pub machine: report::Machine,
+    pub settings: Settings,
+    pub redis: Vec<stack::RedisFigures>,
+    pub hosts: Vec<HostResults>,
+}
+
+fn main() -> Result<()> {
+    let smoke = std::env::args().any(|a| a == "--smoke");
+    let settings = Settings::from_env(smoke);
+    let out_dir = std::env::var_os("BENCH_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| e2e::workspace_root().join("target/bench"));
+    std::fs::create_dir_all(&out_dir)?;
+    let scratch = e2e::Scratch::new("bench");
+
+    let mut hosts = vec![Host::Runner];
+    match which("spin") {
+        Some(spin) => hosts.push(Host::Spin(spin)),
+        None => eprintln!("bench: `spin` is not on PATH: only the runner is measured"),
+    }
+
+    let redis = e2e::Redis::start(&scratch);
+    let redis_figures = stack::redis_benchmark(&redis, &settings)?;
+    let mut results = Results {
+        machine: report::Machine::read(),
+        settings: settings.clone(),
+        redis: redis_figures,
+        hosts: Vec::new(),
+    };
+    for host in &hosts {
+        eprintln!("bench: measuring {}", host.name());
+        results
+            .hosts
+            .push(measure(host, &scratch, &settings).with_context(|| host.name())?);
+    }
+
+    let json = serde_json::to_string_pretty(&results)?;
+    std::fs::write(out_dir.join("results.json"), &json)?;
+    let svg = out_dir.join("latency.svg");
+    plot::latency_against_concurrency(&results, &svg)?;
+    println!("{}", report::table(&results));
+    println!(
+        "Written: {} and {}",
+        out_dir.join("results.json").display(),
+        svg.display()
+    );
+    Ok(())
+}
+
+fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<HostResults> {
+    let load = |url: &str, method, body: Option<&str>, connections| {
+        Load {
+            url,
+            method,
+            body,
+            connections,
+            seconds: settings.seconds,
+            rate: None,
+        }
+        .run()
+    };
+
+    // 1. The floor: the empty component on the same host.
+    let empty_app = stack::EmptyApp::start(host, scratch)?;
+    let mut empty = Vec::new();
+    for &c in &settings.concurrencies {
+        empty.push(load(&empty_app.url, "GET", None, c)?);
+    }
+    drop(empty_app);
+
+    // Startup, cold then warm, before the shop's own runs fill the cache.
+    let startup = stack::Startup::measure(host, scratch)?;
+
+    // 2 and 4. Checkout alone.
+    let redis = e2e::Redis::start(scratch);
+    let mail = e2e::DevMail::start(scratch);
+    let checkout = Shop::start(host, scratch, &redis, &mail, &["checkout"])?;
+    checkout.stock_up()?;
+    let idle_rss = checkout.rss_mib();
+    let order = stack::order_body(1);
+    let mut products = Vec::new();
+    let mut orders = Vec::new();
+    let mut peak_rss = idle_rss;
+    for &c in &settings.concurrencies {
+        products.push(load(&checkout.url("/api/products"), "GET", None, c)?);
+        let sampler = checkout.rss_sampler();
+        orders.push(load(&checkout.url("/api/orders"), "POST", Some(&order), c)?);
+        peak_rss = peak_rss.max(sampler.peak());
+    }
+    let mut order_lines = Vec::new();
+    for lines in [1, 5, 10] {
+        let body = stack::order_body(lines);
+        order_lines.push((
+            lines,
+            load(&checkout.url("/api/orders"), "POST", Some(&body), 8)?,
+        ));
+    }
+    let memory = stack::Memory {
+        idle_mib: idle_rss,
+        peak_under_load_mib: peak_rss,
+        after_load_mib: checkout.rss_mib(),
+    };
+    let checkout_rate = HostResults::at(&orders, 32)
+        .or(orders.last())
+        .map(|f| f.with_status(202) as f64 / f.seconds)
+        .unwrap_or(100.0);
+    drop(checkout);
+
+    // 3. End to end: the whole app, at fixed offered rates.
+    let mut end_to_end = Vec::new();
+    let plans = settings
+        .instant_mail_load
+        .iter()
+        .map(|share| ((checkout_rate * share).round().max(1.0) as u32, 0))
+        .chain([(settings.slow_mail_rate, settings.slow_mail_delay_ms)]);
+    for (rate, delay_ms) in plans {
+        let redis = e2e::Redis::start(scratch);
+        let mail = e2e::DevMail::start(scratch);
+        let shop = Shop::start(host, scratch, &redis, &mail, &[])?;
+        shop.stock_up()?;
+        end_to_end.push(shop.end_to_end(&redis, &mail, rate, delay_ms, settings)?);
+    }
+
+    Ok(HostResults {
+        host: host.name(),
+        empty,
+        products,
+        orders,
+        order_lines,
+        end_to_end,
+        memory,
+        startup,
+    })
+}
+
+/// The program `name` as found on PATH.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+}
+
+/// Sleeps in small steps until `done` or `limit`; true if `done`.
+pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}

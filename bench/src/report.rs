@@ -1,0 +1,169 @@
+//! The machine the figures come from, and the table `make bench` prints (Markdown, so
+//! that it can go into the README as it is).
+
+use std::fmt::Write;
+
+use serde::Serialize;
+
+use crate::load::Figures;
+use crate::{HostResults, Results};
+
+#[derive(Debug, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub cores: usize,
+    pub memory_gib: f64,
+    pub kernel: String,
+    pub redis: String,
+    pub date: String,
+}
+
+impl Machine {
+    pub fn read() -> Machine {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name"))
+            .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+            .unwrap_or_default();
+        let memory_kib: f64 = std::fs::read_to_string("/proc/meminfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0.0);
+        let command = |program: &str, args: &[&str]| {
+            std::process::Command::new(program)
+                .args(args)
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        };
+        Machine {
+            cpu,
+            cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            memory_gib: (memory_kib / 1024.0 / 1024.0 * 10.0).round() / 10.0,
+            kernel: command("uname", &["-r"]),
+            redis: command("redis-server", &["--version"]),
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}
+
+fn row(out: &mut String, what: &str, f: &Figures, ok_status: u16) {
+    let _ = writeln!(
+        out,
+        "| {what} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+        f.connections,
+        f.requests_per_second,
+        f.p50_ms,
+        f.p90_ms,
+        f.p99_ms,
+        f.max_ms,
+        f.unexpected(ok_status)
+    );
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * a / b),
+        _ => "n/a".to_owned(),
+    }
+}
+
+pub fn table(results: &Results) -> String {
+    let mut out = String::new();
+    let m = &results.machine;
+    let _ = writeln!(
+        out,
+        "\nMachine: {} ({} cores, {} GiB), Linux {}, {}; {}; {} s per step.\n",
+        m.cpu, m.cores, m.memory_gib, m.kernel, m.redis, m.date, results.settings.seconds
+    );
+    out.push_str("| Redis floor (redis-benchmark, 32 connections) | req/s | p50 ms | p95 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
+    for r in &results.redis {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r.command, r.requests_per_second, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+        );
+    }
+    for host in &results.hosts {
+        host_tables(&mut out, host);
+    }
+    out
+}
+
+fn host_tables(out: &mut String, host: &HostResults) {
+    let _ = writeln!(out, "\n### {}\n", host.host);
+    out.push_str("| Request | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|\n");
+    for f in &host.empty {
+        row(out, "empty component `GET /`", f, 200);
+    }
+    for f in &host.products {
+        row(out, "`GET /api/products`", f, 200);
+    }
+    for f in &host.orders {
+        row(out, "`POST /api/orders` (checkout alone)", f, 202);
+    }
+    for (lines, f) in &host.order_lines {
+        row(out, &format!("`POST /api/orders`, {lines} lines"), f, 202);
+    }
+
+    out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors |\n|---|---|---|---|---|---|---|---|---|\n");
+    for e in &host.end_to_end {
+        let mail = if e.mail_delay_ms == 0 {
+            "mail API at once".to_owned()
+        } else {
+            format!("mail API in {} ms", e.mail_delay_ms)
+        };
+        let drained = if e.drained {
+            format!("{:.1} s", e.drain_seconds)
+        } else {
+            format!("not within {:.0} s", e.drain_seconds)
+        };
+        let _ = writeln!(
+            out,
+            "| {mail} | {} | {:.0} | {:.0} | {} | {:.1} | {drained} | {:.0} / {:.0} | {} |",
+            e.offered_per_second,
+            e.accepted_per_second,
+            e.emailed_per_second_during_load,
+            e.backlog_at_end,
+            e.backlog_growth_per_second,
+            e.order_to_email_p50_ms,
+            e.order_to_email_p99_ms,
+            e.unexpected_answers
+        );
+    }
+
+    let _ = writeln!(
+        out,
+        "\nMemory (RSS): {:.1} MiB idle, {:.1} MiB peak under load, {:.1} MiB after. \
+         First answer after start: {:.0} ms cold (compiling), {:.0} ms with the compiled-component cache.",
+        host.memory.idle_mib,
+        host.memory.peak_under_load_mib,
+        host.memory.after_load_mib,
+        host.startup.cold_ms,
+        host.startup.warm_ms
+    );
+    let rps = |figures: &[Figures], c| HostResults::at(figures, c).map(|f| f.requests_per_second);
+    let accepted_rps =
+        HostResults::at(&host.orders, 32).map(|f| f.with_status(202) as f64 / f.seconds);
+    let instant = host.end_to_end.iter().filter(|e| e.mail_delay_ms == 0);
+    let _ = writeln!(
+        out,
+        "Ratios at 32 connections: `POST /api/orders` = {} of the empty component, `GET /api/products` = {}.",
+        ratio(accepted_rps, rps(&host.empty, 32)),
+        ratio(rps(&host.products, 32), rps(&host.empty, 32)),
+    );
+    for e in instant {
+        let _ = writeln!(
+            out,
+            "End to end at {} offered/s (mail at once): emailed = {} of accepted.",
+            e.offered_per_second,
+            ratio(
+                Some(e.emailed_per_second_during_load),
+                Some(e.accepted_per_second)
+            )
+        );
+    }
+}

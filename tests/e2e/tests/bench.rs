@@ -1,0 +1,95 @@
+//! The benchmark's smoke run (`shop-bench --smoke`, every step for a moment), so that
+//! `make bench` cannot rot: it must finish and report every figure it promises. Speed
+//! itself is never asserted here; `make bench` prints it.
+
+use std::process::Command;
+
+use e2e::*;
+use serde_json::Value;
+
+fn requests(figures: &Value) -> u64 {
+    figures["requests"].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn the_benchmark_runs_every_step_and_reports_every_figure() {
+    let scratch = Scratch::new("bench-smoke");
+    let out = scratch.path().join("out");
+    let output = Command::new(binary("shop-bench"))
+        .arg("--smoke")
+        .env("BENCH_OUT", &out)
+        .output()
+        .expect("shop-bench (cargo build --bins)");
+    let printed = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{printed}");
+
+    let results: Value =
+        serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
+    let redis = results["redis"].as_array().unwrap();
+    let commands: Vec<&str> = redis.iter().filter_map(|r| r["command"].as_str()).collect();
+    assert_eq!(commands, ["SET", "INCRBY", "PUBLISH"]);
+    assert!(redis
+        .iter()
+        .all(|r| r["requests_per_second"].as_f64() > Some(0.0)));
+
+    let runner = &results["hosts"][0];
+    assert_eq!(runner["host"], "runner");
+    for step in ["empty", "products", "orders"] {
+        let runs = runner[step].as_array().unwrap();
+        assert_eq!(runs.len(), 2, "{step}: one run per concurrency");
+        for run in runs {
+            assert!(requests(run) > 0, "{step}: {run}");
+            assert!(run["p99_ms"].as_f64() >= run["p50_ms"].as_f64(), "{run}");
+        }
+    }
+    // Checkout alone accepts every order it is offered: nothing refused, nothing lost.
+    for run in runner["orders"].as_array().unwrap() {
+        assert_eq!(
+            run["statuses"]["202"].as_u64(),
+            Some(requests(run)),
+            "{run}"
+        );
+    }
+    let lines: Vec<u64> = runner["order_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| pair[0].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [1, 5, 10]);
+
+    // End to end, with the mail API at once and slow: every order accepted was emailed.
+    let end_to_end = runner["end_to_end"].as_array().unwrap();
+    let delays: Vec<u64> = end_to_end
+        .iter()
+        .map(|e| e["mail_delay_ms"].as_u64().unwrap())
+        .collect();
+    assert_eq!(delays, [0, 150]);
+    for run in end_to_end {
+        assert_eq!(run["drained"], true, "{run}");
+        assert!(run["accepted_per_second"].as_f64() > Some(0.0), "{run}");
+        assert!(
+            run["order_to_email_p50_ms"]
+                .as_f64()
+                .is_some_and(f64::is_finite),
+            "{run}"
+        );
+        assert_eq!(run["unexpected_answers"], 0, "{run}");
+    }
+    assert!(runner["memory"]["idle_mib"].as_f64() > Some(1.0));
+    assert!(runner["startup"]["cold_ms"].as_f64() > Some(0.0));
+
+    let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("POST /api/orders"),
+        "{svg}"
+    );
+    assert!(
+        printed.contains("| `POST /api/orders` (checkout alone) |"),
+        "{printed}"
+    );
+}
