@@ -1,0 +1,177 @@
+//! The shop with `store = "redis"`: state in a Redis reached through Spin's outbound
+//! Redis, as on a managed platform. The scenarios the shop's correctness rests on
+//! (`shop.rs` runs them on the key-value store) run again on this backend: oversell,
+//! duplicated events seen by two replicas, redrive exactly once.
+//!
+//! To show that `store = "redis"` is honoured, the runners' key-value store `default`
+//! is SQLite in these tests: state found in Redis can only have come through outbound
+//! Redis.
+
+use std::time::Duration;
+
+use e2e::*;
+use serde_json::Value;
+
+fn redis_store<'a>(components: &'a [&'a str]) -> RunnerOptions<'a> {
+    RunnerOptions {
+        components,
+        backend: Backend::Sqlite,
+        extra_variables: vec![("store".into(), "redis".into())],
+        ..RunnerOptions::default()
+    }
+}
+
+fn settled(order: &Value) -> bool {
+    order["status"] != "accepted" && order["notification"]["state"] != "pending"
+}
+
+fn emails_to_order(mail: &DevMail, order_id: &str) -> usize {
+    mail.messages()
+        .iter()
+        .filter(|m| m["subject"].as_str().is_some_and(|s| s.contains(order_id)))
+        .count()
+}
+
+fn place(checkout: &Runner, sku: &str, quantity: u32, card: &str) -> String {
+    let reply = checkout.post_json(
+        "/api/orders",
+        &order(sku, quantity, card, "ada@example.com"),
+        None,
+    );
+    assert_eq!(reply.status, 202, "{reply:?}");
+    reply.body["order_id"].as_str().unwrap().to_owned()
+}
+
+/// A counter as Spin's Redis key-value backend stores it: ASCII decimal under the key.
+fn redis_counter(redis: &Redis, key: &str) -> i64 {
+    let raw = redis.command(&["GET", key]).expect("GET");
+    raw.parse()
+        .unwrap_or_else(|_| panic!("{key} holds {raw:?}, not an ASCII decimal"))
+}
+
+#[test]
+fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
+    let scratch = Scratch::new("redis-store-oversell");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let shop = Runner::start(&scratch, &redis, &mail, redis_store(&[]));
+    redis.wait_for_subscribers(CHANNEL, 1);
+    assert_eq!(shop.available("WASM-TEE-M"), 50);
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let clients: Vec<_> = (0..20)
+            .map(|_| {
+                scope.spawn(|| {
+                    (0..10)
+                        .map(|_| {
+                            shop.post_json(
+                                "/api/orders",
+                                &order("WASM-TEE-M", 1, APPROVED_CARD, "ada@example.com"),
+                                None,
+                            )
+                            .status
+                        })
+                        .collect::<Vec<u16>>()
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    let accepted = statuses.iter().filter(|s| **s == 202).count();
+    let refused = statuses.iter().filter(|s| **s == 409).count();
+    assert_eq!((accepted, refused), (50, 150), "{statuses:?}");
+    assert_eq!(shop.available("WASM-TEE-M"), 0);
+    // In Redis, under the domain's own key, as Spin's Redis backend would keep it.
+    assert_eq!(redis_counter(&redis, "shop:v1:stock:WASM-TEE-M"), 0);
+    assert_eq!(redis_counter(&redis, "shop:v1:stock:SPIN-MUG"), 100);
+}
+
+#[test]
+fn duplicate_events_and_two_replicas_do_the_work_once() {
+    let scratch = Scratch::new("redis-store-duplicates");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(&scratch, &redis, &mail, redis_store(&["checkout"]));
+    let events = redis.capture(CHANNEL);
+    let before = checkout.available("LIMITED-PRINT");
+    let order_id = place(&checkout, "LIMITED-PRINT", 1, CAPTURE_FAILS_CARD);
+    let event = events.wait_for(1)[0].clone();
+    assert!(event.contains(&order_id), "{event}");
+    assert_eq!(checkout.available("LIMITED-PRINT"), before - 1);
+
+    let _a = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    let _b = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    redis.wait_for_subscribers(CHANNEL, 3);
+    assert_eq!(redis.publish(CHANNEL, &event), 3);
+    assert_eq!(redis.publish(CHANNEL, &event), 3);
+
+    let order = checkout.wait_for_order(&order_id, "settled", settled);
+    assert_eq!(order["status"], "failed", "{order}");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(mail.requests().len(), 1, "{:?}", mail.requests());
+    // Reserved once, released once.
+    assert_eq!(checkout.available("LIMITED-PRINT"), before);
+    assert_eq!(redis_counter(&redis, "shop:v1:stock:LIMITED-PRINT"), before);
+}
+
+#[test]
+fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() {
+    let scratch = Scratch::new("redis-store-redrive");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(&scratch, &redis, &mail, redis_store(&["checkout"]));
+    let ids: Vec<String> = (0..3)
+        .map(|_| place(&checkout, "SPIN-MUG", 1, APPROVED_CARD))
+        .collect();
+
+    let _fulfilment = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    redis.wait_for_subscribers(CHANNEL, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    for id in &ids {
+        let (_, order) = checkout.get(&format!("/api/orders/{id}"));
+        assert_eq!(order["status"], "accepted", "{order}");
+    }
+    let (status, body) = checkout.admin_post("/api/admin/redrive?older_than_seconds=0");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 3, "{body}");
+    for id in &ids {
+        let order = checkout.wait_for_order(id, "settled", settled);
+        assert_eq!(order["status"], "confirmed", "{order}");
+    }
+    let (_, again) = checkout.admin_post("/api/admin/redrive?older_than_seconds=0");
+    assert_eq!(again["count"], 0, "{again}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(mail.messages().len(), 3);
+    assert_eq!(mail.requests().len(), 3);
+    assert_eq!(checkout.available("SPIN-MUG"), 97);
+}
+
+#[test]
+fn a_store_variable_that_names_no_backend_is_a_clear_503() {
+    let scratch = Scratch::new("redis-store-bad-variable");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["checkout"],
+            extra_variables: vec![("store".into(), "sqlite".into())],
+            ..RunnerOptions::default()
+        },
+    );
+    let reply = checkout.post_json(
+        "/api/orders",
+        &order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com"),
+        None,
+    );
+    assert_eq!(reply.status, 503, "{reply:?}");
+    assert_eq!(reply.content_type, "application/problem+json");
+    assert!(
+        checkout.process.log().contains("\"sqlite\""),
+        "the log does not name the bad value"
+    );
+}
