@@ -1,11 +1,14 @@
 //! The shop with `store = "redis"`: state in a Redis reached through Spin's outbound
 //! Redis, as on a managed platform. The scenarios the shop's correctness rests on
 //! (`shop.rs` runs them on the key-value store) run again on this backend: oversell,
-//! duplicated events seen by two replicas, redrive exactly once.
+//! duplicated events seen by two replicas, redrive exactly once. Then the point of the
+//! backend: a checkout from `deploy/managed/spin.toml` and fulfilment replicas on either
+//! backend share one state, because both store what Spin's Redis key-value backend
+//! stores.
 //!
 //! To show that `store = "redis"` is honoured, the runners' key-value store `default`
-//! is SQLite in these tests: state found in Redis can only have come through outbound
-//! Redis.
+//! is SQLite in these tests (but in the interop test): state found in Redis can only
+//! have come through outbound Redis.
 
 use std::time::Duration;
 
@@ -146,6 +149,76 @@ fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() 
     assert_eq!(mail.messages().len(), 3);
     assert_eq!(mail.requests().len(), 3);
     assert_eq!(checkout.available("SPIN-MUG"), 97);
+}
+
+#[test]
+fn a_managed_checkout_and_fulfilment_on_either_backend_share_one_state() {
+    let scratch = Scratch::new("redis-store-managed");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    // Checkout as a managed platform runs it: deploy/managed/spin.toml, the plain
+    // build, outbound Redis only, no runtime config.
+    let managed = Runner::start_with_variables(
+        &scratch,
+        &workspace_root().join("deploy/managed/spin.toml"),
+        &[
+            ("redis_address", redis.url()),
+            ("redis_host", redis.url()),
+            ("orders_channel", CHANNEL.to_owned()),
+            ("admin_token", ADMIN_TOKEN.to_owned()),
+        ],
+    );
+    // Fulfilment as SpinKube runs it (key-value store mapped to that Redis by the
+    // runtime config), and one more replica on outbound Redis.
+    let on_key_value = RunnerOptions {
+        components: &["fulfilment"],
+        ..RunnerOptions::default()
+    };
+    let _spinkube = Runner::start(&scratch, &redis, &mail, on_key_value);
+    let _outbound = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    redis.wait_for_subscribers(CHANNEL, 2);
+
+    let before = managed.available("LIMITED-PRINT");
+    let confirmed = place(&managed, "SPIN-MUG", 2, APPROVED_CARD);
+    let failed = place(&managed, "LIMITED-PRINT", 1, CAPTURE_FAILS_CARD);
+    let order = managed.wait_for_order(&confirmed, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["notification"]["state"], "sent", "{order}");
+    let order = managed.wait_for_order(&failed, "settled", settled);
+    assert_eq!(order["status"], "failed", "{order}");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(emails_to_order(&mail, &confirmed), 1);
+    assert_eq!(emails_to_order(&mail, &failed), 1);
+    assert_eq!(mail.requests().len(), 2);
+
+    // A checkout on the key-value store sees what the managed one wrote, and the
+    // other way round: one stock, one set of orders.
+    let on_kv = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["checkout"],
+            ..RunnerOptions::default()
+        },
+    );
+    for sku in ["SPIN-MUG", "LIMITED-PRINT", "WASM-TEE-M"] {
+        assert_eq!(on_kv.available(sku), managed.available(sku), "{sku}");
+    }
+    assert_eq!(on_kv.available("SPIN-MUG"), 98);
+    assert_eq!(on_kv.available("LIMITED-PRINT"), before);
+    let (status, seen) = on_kv.get(&format!("/api/orders/{confirmed}"));
+    assert_eq!((status, &seen["status"]), (200, &Value::from("confirmed")));
+    let other = place(&on_kv, "SPIN-MUG", 1, APPROVED_CARD);
+    let order = managed.wait_for_order(&other, "settled", settled);
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(managed.available("SPIN-MUG"), 97);
+    assert_eq!(redis_counter(&redis, "shop:v1:stock:SPIN-MUG"), 97);
+
+    // The managed checkout redrives through outbound Redis too.
+    let (status, body) = managed.admin_post("/api/admin/redrive?older_than_seconds=0");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["count"], 0, "{body}");
 }
 
 #[test]
