@@ -15,13 +15,38 @@ use std::time::Duration;
 use e2e::*;
 use serde_json::Value;
 
-fn redis_store<'a>(components: &'a [&'a str]) -> RunnerOptions<'a> {
+/// Runners on `store = "redis"`, from a copy of spin.toml in which fulfilment may also
+/// reach Redis (the shipped manifest lets it reach only the mail API: it maps its
+/// key-value store to Redis instead).
+fn redis_store<'a>(scratch: &Scratch, components: &'a [&'a str]) -> RunnerOptions<'a> {
     RunnerOptions {
         components,
         backend: Backend::Sqlite,
         extra_variables: vec![("store".into(), "redis".into())],
+        manifest: Some(fulfilment_reaching_redis(scratch)),
         ..RunnerOptions::default()
     }
+}
+
+fn fulfilment_reaching_redis(scratch: &Scratch) -> std::path::PathBuf {
+    let original = std::fs::read_to_string(workspace_root().join("spin.toml")).unwrap();
+    let mail_only = r#"allowed_outbound_hosts = ["{{ mail_api_base_url }}"]"#;
+    assert!(original.contains(mail_only), "spin.toml changed");
+    let manifest = original
+        .replace(
+            mail_only,
+            r#"allowed_outbound_hosts = ["{{ mail_api_base_url }}", "{{ redis_address }}"]"#,
+        )
+        .replace(
+            "target/wasm32-wasip2",
+            &workspace_root()
+                .join("target/wasm32-wasip2")
+                .display()
+                .to_string(),
+        );
+    let path = scratch.path().join("spin-redis-store.toml");
+    std::fs::write(&path, manifest).unwrap();
+    path
 }
 
 fn settled(order: &Value) -> bool {
@@ -57,7 +82,7 @@ fn two_hundred_concurrent_orders_for_fifty_units_accept_exactly_fifty() {
     let scratch = Scratch::new("redis-store-oversell");
     let redis = Redis::start(&scratch);
     let mail = DevMail::start(&scratch);
-    let shop = Runner::start(&scratch, &redis, &mail, redis_store(&[]));
+    let shop = Runner::start(&scratch, &redis, &mail, redis_store(&scratch, &[]));
     redis.wait_for_subscribers(CHANNEL, 1);
     assert_eq!(shop.available("WASM-TEE-M"), 50);
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -96,7 +121,12 @@ fn duplicate_events_and_two_replicas_do_the_work_once() {
     let scratch = Scratch::new("redis-store-duplicates");
     let redis = Redis::start(&scratch);
     let mail = DevMail::start(&scratch);
-    let checkout = Runner::start(&scratch, &redis, &mail, redis_store(&["checkout"]));
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["checkout"]),
+    );
     let events = redis.capture(CHANNEL);
     let before = checkout.available("LIMITED-PRINT");
     let order_id = place(&checkout, "LIMITED-PRINT", 1, CAPTURE_FAILS_CARD);
@@ -104,8 +134,18 @@ fn duplicate_events_and_two_replicas_do_the_work_once() {
     assert!(event.contains(&order_id), "{event}");
     assert_eq!(checkout.available("LIMITED-PRINT"), before - 1);
 
-    let _a = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
-    let _b = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    let _a = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["fulfilment"]),
+    );
+    let _b = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["fulfilment"]),
+    );
     redis.wait_for_subscribers(CHANNEL, 3);
     assert_eq!(redis.publish(CHANNEL, &event), 3);
     assert_eq!(redis.publish(CHANNEL, &event), 3);
@@ -124,12 +164,22 @@ fn orders_placed_while_fulfilment_is_down_complete_after_redrive_exactly_once() 
     let scratch = Scratch::new("redis-store-redrive");
     let redis = Redis::start(&scratch);
     let mail = DevMail::start(&scratch);
-    let checkout = Runner::start(&scratch, &redis, &mail, redis_store(&["checkout"]));
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["checkout"]),
+    );
     let ids: Vec<String> = (0..3)
         .map(|_| place(&checkout, "SPIN-MUG", 1, APPROVED_CARD))
         .collect();
 
-    let _fulfilment = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    let _fulfilment = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["fulfilment"]),
+    );
     redis.wait_for_subscribers(CHANNEL, 1);
     std::thread::sleep(Duration::from_millis(500));
     for id in &ids {
@@ -175,7 +225,12 @@ fn a_managed_checkout_and_fulfilment_on_either_backend_share_one_state() {
         ..RunnerOptions::default()
     };
     let _spinkube = Runner::start(&scratch, &redis, &mail, on_key_value);
-    let _outbound = Runner::start(&scratch, &redis, &mail, redis_store(&["fulfilment"]));
+    let _outbound = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        redis_store(&scratch, &["fulfilment"]),
+    );
     redis.wait_for_subscribers(CHANNEL, 2);
 
     let before = managed.available("LIMITED-PRINT");
@@ -246,5 +301,48 @@ fn a_store_variable_that_names_no_backend_is_a_clear_503() {
     assert!(
         checkout.process.log().contains("\"sqlite\""),
         "the log does not name the bad value"
+    );
+}
+
+#[test]
+fn fulfilment_on_the_redis_store_needs_redis_in_its_allowed_hosts() {
+    let scratch = Scratch::new("redis-store-denied");
+    let redis = Redis::start(&scratch);
+    let mail = DevMail::start(&scratch);
+    let checkout = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["checkout"],
+            ..RunnerOptions::default()
+        },
+    );
+    // The shipped spin.toml: fulfilment may call the mail API only.
+    let mut fulfilment = Runner::start(
+        &scratch,
+        &redis,
+        &mail,
+        RunnerOptions {
+            components: &["fulfilment"],
+            extra_variables: vec![("store".into(), "redis".into())],
+            ..RunnerOptions::default()
+        },
+    );
+    redis.wait_for_subscribers(CHANNEL, 1);
+    let id = place(&checkout, "SPIN-MUG", 1, APPROVED_CARD);
+    wait_for("the denial in the log", Duration::from_secs(10), || {
+        fulfilment
+            .process
+            .log()
+            .contains("not in allowed_outbound_hosts")
+            .then_some(())
+    });
+    let (_, order) = checkout.get(&format!("/api/orders/{id}"));
+    assert_eq!(order["status"], "accepted", "{order}");
+    assert!(mail.requests().is_empty());
+    assert!(
+        fulfilment.process.exited().is_none(),
+        "a denial is not a crash"
     );
 }
