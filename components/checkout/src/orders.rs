@@ -9,7 +9,7 @@ use opentelemetry::trace::{Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue as Attribute};
 use serde_json::{json, Value};
 use shop_adapters::telemetry::{self, Steps};
-use shop_adapters::{now, seconds_variable, variable, SpinEnv, SpinKeyValue};
+use shop_adapters::{now, seconds_variable, variable, ShopStore, SpinEnv};
 use shop_domain::catalogue::PRODUCTS;
 use shop_domain::checkout::{self, Settings, TraceIds};
 use shop_domain::durable::Budget;
@@ -33,8 +33,8 @@ fn respond(outcome: Outcome) -> Response {
     outcome.unwrap_or_else(|problem| problem_response(&problem))
 }
 
-fn open_store() -> Result<SpinKeyValue, Problem> {
-    SpinKeyValue::open().map_err(|e| checkout::unavailable(&e))
+fn open_store() -> Result<ShopStore, Problem> {
+    ShopStore::open().map_err(|e| checkout::unavailable(&e))
 }
 
 /// A stock read's failure as the client sees it.

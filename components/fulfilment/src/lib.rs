@@ -15,7 +15,7 @@ use bytes::Bytes;
 use opentelemetry::trace::{FutureExt, Link, SpanKind, TraceContextExt, Tracer};
 use opentelemetry::{Context, KeyValue as Attribute};
 use shop_adapters::telemetry::{self, Steps};
-use shop_adapters::{seconds_variable, variable, SpinEnv, SpinKeyValue};
+use shop_adapters::{seconds_variable, variable, ShopStore, SpinEnv};
 use shop_domain::durable::Budget;
 use shop_domain::event;
 use shop_domain::fulfilment::{self, Outcome, Settings};
@@ -100,7 +100,7 @@ async fn handle(message: &[u8]) -> anyhow::Result<Outcome> {
             Attribute::new("shop.fulfilment.epoch", event.epoch as i64),
         ]);
     }
-    let kv = SpinKeyValue::open()?;
+    let kv = ShopStore::open()?;
     let settings = Settings {
         mail: mail_config(),
         retry: RetryPolicy::default(),

@@ -655,6 +655,29 @@ impl Runner {
         Self::spawn(scratch, command, port, serves_http)
     }
 
+    /// Runs `manifest` with exactly `variables` and no runtime config, as a host that
+    /// takes none (a managed platform) would: e.g. `deploy/managed/spin.toml`, which
+    /// declares only checkout's variables.
+    pub fn start_with_variables(
+        scratch: &Scratch,
+        manifest: &Path,
+        variables: &[(&str, String)],
+    ) -> Runner {
+        let port = free_port();
+        let mut command = Command::new(runner_binary());
+        command
+            .arg("up")
+            .arg("--from")
+            .arg(manifest)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .env("RUST_LOG", "info");
+        for (name, value) in variables {
+            command.arg("--variable").arg(format!("{name}={value}"));
+        }
+        Self::spawn(scratch, command, port, true)
+    }
+
     /// Runs another manifest, without variables or runtime config.
     pub fn start_manifest(scratch: &Scratch, manifest: &Path, port: u16) -> Runner {
         let mut command = Command::new(runner_binary());
