@@ -9,7 +9,7 @@ SHELL := /bin/bash
 help:
 	@echo "make up     - run the shop on http://127.0.0.1:3000 (installs what is missing)"
 	@echo "make test   - install what is missing, build, and run all tests"
-	@echo "make build  - build checkout.wasm and fulfilment.wasm"
+	@echo "make build  - build checkout.wasm, fulfilment.wasm and storefront.wasm"
 	@echo "make lint   - cargo fmt --check and cargo clippy -D warnings"
 	@echo "make bench  - the shop's throughput and latency beside the platform's floor (docs/performance.md)"
 	@echo "make chaos  - the fault soak (CHAOS_SECONDS=120): load, Redis and replica kills, mail faults; prints invariants"
@@ -52,7 +52,7 @@ fuzz: setup
 # ones the docs show.
 screenshots: setup build
 	cargo build --bins --locked
-	SCREENSHOT_DIR=$(CURDIR)/docs/images cargo test --locked -p e2e --test trace_page
+	SCREENSHOT_DIR=$(CURDIR)/docs/images cargo test --locked -p e2e --test trace_page --test storefront
 
 clean:
 	cargo clean

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Builds the Spin components (checkout, fulfilment) for wasm32-wasip2, twice:
+# Builds the Spin components (checkout, fulfilment, storefront) for wasm32-wasip2, twice:
 #   - with tracing (`--features otel`, imports wasi:otel; run with
 #     `spin up --experimental-wasi-otel`) where spin.toml expects them:
-#     target/wasm32-wasip2/release/{checkout,fulfilment}.wasm
+#     target/wasm32-wasip2/release/{checkout,fulfilment,storefront}.wasm
+#     (storefront has no spans of its own: both of its builds are the same)
 #   - without it (imports nothing of wasi:otel; for hosts that lack it: Fermyon Cloud,
 #     SpinKube's Spin 3.6 shim) in target/wasm32-wasip2/release/plain/.
 #
@@ -22,7 +23,7 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-components=(checkout fulfilment)
+components=(checkout fulfilment storefront)
 out_dir="$root/target/wasm32-wasip2/release"
 packages=()
 for c in "${components[@]}"; do packages+=(-p "$c"); done

@@ -156,6 +156,7 @@ done
 
 cat <<EOF
 
+  Shop          http://$listen/   (the storefront: browse, buy, follow an order)
   Shop API      http://$listen/api/products
   Mail inbox    http://127.0.0.1:$mail_port/
   Traces        ${viewer_url:-(sent to $OTEL_EXPORTER_OTLP_ENDPOINT)}

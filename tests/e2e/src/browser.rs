@@ -20,6 +20,22 @@ pub struct Browser {
 impl Browser {
     /// A fresh headless Chromium with an empty profile in `scratch`, `width` x `height`.
     pub fn start(scratch: &Scratch, width: u32, height: u32) -> Browser {
+        Self::launch(scratch, width, height, None)
+    }
+
+    /// As on a phone: a `width` x `height` viewport (CSS pixels; headless windows are
+    /// never narrower than 500) at twice the pixel density, with touch.
+    pub fn start_phone(scratch: &Scratch, width: u32, height: u32) -> Browser {
+        let metrics = json!({ "width": width, "height": height, "pixelRatio": 2, "touch": true });
+        Self::launch(scratch, 500.max(width), height, Some(metrics))
+    }
+
+    fn launch(
+        scratch: &Scratch,
+        width: u32,
+        height: u32,
+        device_metrics: Option<Value>,
+    ) -> Browser {
         let port = free_port();
         let driver = Process::spawn(
             &format!("chromedriver-{port}"),
@@ -31,7 +47,7 @@ impl Browser {
         });
         let profile = scratch.path().join(format!("chromium-profile-{port}"));
         // The machine's network is closed: no background traffic, no first-run pages.
-        let capabilities = json!({
+        let mut capabilities = json!({
             "goog:chromeOptions": {
                 "binary": "/usr/bin/chromium",
                 "args": [
@@ -43,6 +59,10 @@ impl Browser {
                 ]
             }
         });
+        if let Some(metrics) = device_metrics {
+            capabilities["goog:chromeOptions"]["mobileEmulation"] =
+                json!({ "deviceMetrics": metrics });
+        }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -99,13 +119,24 @@ impl Browser {
         serde_json::from_value(value).unwrap_or_default()
     }
 
-    /// Clicks the first element matching `css`.
+    /// Clicks the first element matching `css`, scrolled to the middle of the window
+    /// first (as a person would scroll to it; sticky headers cannot cover it there).
     pub fn click(&self, css: &str) {
         self.runtime.block_on(async {
-            self.client()
+            let element = self
+                .client()
                 .find(Locator::Css(css))
                 .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"))
+                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            let argument = serde_json::to_value(&element).expect("an element as JSON");
+            self.client()
+                .execute(
+                    "arguments[0].scrollIntoView({block: 'center', inline: 'center'});",
+                    vec![argument],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("scrolling to {css}: {e}"));
+            element
                 .click()
                 .await
                 .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
@@ -129,6 +160,36 @@ impl Browser {
                 .await
                 .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
         });
+    }
+
+    /// Types `keys` into the first element matching `css` as they come (WebDriver key
+    /// codes included: [`ENTER`] presses Enter there).
+    pub fn type_keys(&self, css: &str, keys: &str) {
+        self.runtime.block_on(async {
+            self.client()
+                .find(Locator::Css(css))
+                .await
+                .unwrap_or_else(|e| panic!("no {css}: {e}"))
+                .send_keys(keys)
+                .await
+                .unwrap_or_else(|e| panic!("typing into {css}: {e}"));
+        });
+    }
+
+    /// Waits until `script` (run in the page with `arguments`) returns something other
+    /// than `null`, `false`, `""` or `0`, and returns that.
+    pub fn wait_until(&self, what: &str, script: &str, arguments: Vec<Value>) -> Value {
+        wait_for(what, Duration::from_secs(30), || {
+            let value = self.execute(script, arguments.clone());
+            let truthy = match &value {
+                Value::Null => false,
+                Value::Bool(b) => *b,
+                Value::String(s) => !s.is_empty(),
+                Value::Number(n) => n.as_f64() != Some(0.0),
+                _ => true,
+            };
+            truthy.then_some(value)
+        })
     }
 
     /// The page's URL now.
@@ -174,6 +235,9 @@ impl Drop for Browser {
         }
     }
 }
+
+/// The WebDriver key code of Enter, for [`Browser::type_keys`].
+pub const ENTER: &str = "\u{E007}";
 
 /// Where a test saves a screenshot named `name`: `$SCREENSHOT_DIR` if set (the docs'
 /// images are refreshed with `make screenshots`), else `target/screenshots/`.

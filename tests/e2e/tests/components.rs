@@ -174,6 +174,34 @@ fn fulfilment_is_a_redis_component_using_key_value_and_outbound_http() {
     );
 }
 
+/// The page must run wherever the app does, Fermyon Cloud included: it needs the HTTP
+/// trigger and nothing else (no store, no variables, no outbound calls, no wasi:otel).
+#[test]
+fn storefront_is_an_http_component_that_needs_nothing_but_the_trigger() {
+    for build in [Build::Plain, Build::Traced] {
+        let (imports, exports) = interfaces("storefront", build);
+        assert_only_spin_imports("storefront", &imports, false);
+        assert_eq!(exports, ["wasi:http/incoming-handler@0.2.0"]);
+        let capabilities: Vec<&String> = imports
+            .iter()
+            .filter(|i| {
+                i.starts_with("fermyon:")
+                    || i.starts_with("wasi:keyvalue")
+                    || i.starts_with("wasi:otel")
+                    || i.starts_with("wasi:http/outgoing-handler")
+                    || i.starts_with("wasi:sockets")
+            })
+            .collect();
+        assert!(
+            capabilities.is_empty(),
+            "storefront imports more than it needs: {capabilities:?}"
+        );
+        assert!(imports
+            .iter()
+            .any(|i| i.starts_with("wasi:http/types@0.2.")));
+    }
+}
+
 #[test]
 fn the_import_check_rejects_what_spin_lacks() {
     // Guard against a check that accepts everything.
