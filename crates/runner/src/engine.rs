@@ -1,5 +1,7 @@
 //! The Wasmtime engine, the linker with every capability, and compiled components
-//! cached on disk (keyed by the wasm's hash and the Wasmtime version).
+//! cached on disk (keyed by the wasm's hash and the Wasmtime version). A core module is
+//! made into a component first, as Spin does ([`componentize`]); the cache holds the
+//! compiled result, so that happens once.
 
 use std::path::Path;
 
@@ -8,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::capabilities::componentize;
 use crate::capabilities::{key_value, otel, outbound_redis, variables};
 use crate::instance::InstanceState;
 
@@ -34,7 +37,8 @@ pub fn linker(engine: &Engine, experimental_wasi_otel: bool) -> Result<Linker<In
     Ok(linker)
 }
 
-/// Compiles `source` once: later runs load the machine code from `cache_dir`.
+/// Compiles `source` once (a component, or a core module made into one): later runs
+/// load the machine code from `cache_dir`.
 pub fn load_component(
     engine: &Engine,
     id: &str,
@@ -47,12 +51,15 @@ pub fn load_component(
             source.display()
         )
     })?;
-    let key = hex::encode(
-        Sha256::new()
-            .chain_update(&wasm)
-            .chain_update(engine_fingerprint(engine).to_le_bytes())
-            .finalize(),
-    );
+    let encoding = componentize::encoding(&wasm)
+        .with_context(|| format!("component {id:?}: {}", source.display()))?;
+    let mut key = Sha256::new()
+        .chain_update(&wasm)
+        .chain_update(engine_fingerprint(engine).to_le_bytes());
+    if encoding == wasmparser::Encoding::Module {
+        key.update(componentize::fingerprint());
+    }
+    let key = hex::encode(key.finalize());
     let cached = cache_dir.join(format!("{key}.cwasm"));
     if cached.exists() {
         // SAFETY: the file was written by `Component::serialize` of a compatible engine
@@ -66,7 +73,17 @@ pub fn load_component(
         }
     }
     let started = std::time::Instant::now();
-    let component = Component::new(engine, &wasm)
+    let wasm = componentize::componentize_if_necessary(&wasm)
+        .with_context(|| format!("component {id:?}: {}", source.display()))?;
+    if encoding == wasmparser::Encoding::Module {
+        tracing::info!(
+            component = id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "made a component of the core module {}",
+            source.display()
+        );
+    }
+    let component = Component::new(engine, &*wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("compiling component {id:?}"))?;
     tracing::info!(
