@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::allowed_hosts::AllowedHosts;
 use crate::manifest::{
-    is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RuntimeConfig,
+    is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RouteDecl, RuntimeConfig,
 };
 
 /// One component, ready to instantiate.
@@ -32,6 +32,7 @@ pub struct HttpRoute {
 #[derive(Debug)]
 pub struct AppConfig {
     pub name: String,
+    pub version: Option<String>,
     pub components: BTreeMap<String, ComponentConfig>,
     pub http_routes: Vec<HttpRoute>,
     /// Redis address -> channel -> components.
@@ -154,9 +155,12 @@ impl AppConfig {
             .http
             .iter()
             .filter(|t| selected(&t.component))
-            .map(|t| HttpRoute {
-                route: t.route.clone(),
-                component: t.component.clone(),
+            .filter_map(|t| match &t.route {
+                RouteDecl::Route(route) => Some(HttpRoute {
+                    route: route.clone(),
+                    component: t.component.clone(),
+                }),
+                RouteDecl::Private(_) => None,
             })
             .collect();
 
@@ -215,6 +219,7 @@ impl AppConfig {
 
         Ok(AppConfig {
             name: manifest.application.name.clone(),
+            version: manifest.application.version.clone(),
             components,
             http_routes,
             redis_subscriptions,

@@ -1,0 +1,304 @@
+//! Spin's own conformance cases, through a guest as Spin users build them: the
+//! `conformance-guest` crate (spin-sdk 5.2) compiled for `wasm32-wasip1`, which makes a
+//! core module, not a component. The runner must componentize it as Spin does, route
+//! to it with Spin's precedence and headers, deny key-value stores it was not granted,
+//! and hold its outbound requests to `allowed_outbound_hosts`, CIDR ranges included.
+//!
+//! The guest is built by this test, once per run (about two minutes the first time,
+//! with the toolchain `make build` installs; see [`guest`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use e2e::*;
+use serde_json::Value;
+
+/// The guest's core module: built with rustup's `wasm32-wasip1` target where it is
+/// installed, else with the fallback toolchain of `scripts/build-wasm.sh` (Debian's
+/// rustc-web and its std sources, lld-19's `wasm-ld`, Debian's wasi-libc), which
+/// `make build` installs and which CI has.
+fn guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let root = workspace_root();
+        let rustup_has_target = Command::new("rustup")
+            .args(["target", "list", "--installed"])
+            .output()
+            .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip1"));
+        let (mut command, target_dir) = if rustup_has_target {
+            let target_dir = root.join("target");
+            let mut command =
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+            command.env_remove("RUSTFLAGS");
+            (command, target_dir)
+        } else {
+            for needed in ["/usr/bin/cargo", "/usr/bin/rustc", "/usr/bin/wasm-ld-19"] {
+                assert!(
+                    Path::new(needed).exists(),
+                    "{needed} is missing: run `make build` first (it installs the fallback wasm toolchain)"
+                );
+            }
+            let target_dir = root.join("target/wasm-fallback");
+            let mut command = Command::new("/usr/bin/cargo");
+            command
+                .env("RUSTC", "/usr/bin/rustc")
+                .env("RUSTC_BOOTSTRAP", "1")
+                .env(
+                    "RUSTFLAGS",
+                    "-C linker=/usr/bin/wasm-ld-19 -C link-self-contained=no -L native=/usr/lib/wasm32-wasi",
+                )
+                .arg("-Zbuild-std=std,panic_abort");
+            (command, target_dir)
+        };
+        let output = command
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTC_WRAPPER")
+            .args([
+                "build",
+                "--locked",
+                "--release",
+                "--target",
+                "wasm32-wasip1",
+                "-p",
+                "conformance-guest",
+            ])
+            .output()
+            .expect("running cargo for the guest");
+        assert!(
+            output.status.success(),
+            "building the guest failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let wasm = target_dir.join("wasm32-wasip1/release/conformance_guest.wasm");
+        let bytes = std::fs::read(&wasm).expect("the guest's wasm");
+        assert!(
+            wasmparser::Parser::is_core_wasm(&bytes),
+            "{} should be a core module, as wasm32-wasip1 builds are",
+            wasm.display()
+        );
+        wasm
+    })
+}
+
+/// Writes a manifest running the guest as component `guest` (and as `other`, for
+/// routes that go elsewhere), with `[[trigger.http]]` routes to each.
+fn app(scratch: &Scratch, routes: &[(&str, &str)], component_fields: &str) -> PathBuf {
+    let mut manifest = String::from(
+        "spin_manifest_version = 2\n[application]\nname = \"conformance\"\nversion = \"1.2.3\"\n",
+    );
+    for (route, component) in routes {
+        manifest.push_str(&format!(
+            "[[trigger.http]]\nroute = \"{route}\"\ncomponent = \"{component}\"\n"
+        ));
+    }
+    for id in ["guest", "other"] {
+        manifest.push_str(&format!(
+            "[component.{id}]\nsource = \"{}\"\n{component_fields}\n",
+            guest().display()
+        ));
+    }
+    let path = scratch.path().join("spin.toml");
+    std::fs::write(&path, manifest).unwrap();
+    path
+}
+
+fn start(scratch: &Scratch, manifest: &Path) -> Runner {
+    Runner::start_manifest(scratch, manifest, free_port())
+}
+
+/// GET `path` with `headers`: the status and the body as text.
+fn get(runner: &Runner, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut request = http().get(format!("{}{path}", runner.base_url));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().expect("GET");
+    let status = response.status().as_u16();
+    (status, response.text().unwrap_or_default())
+}
+
+/// The `spin-*` headers the guest saw, sorted, with `spin-client-addr` checked (it is
+/// the test's own loopback address) and left out.
+fn spin_headers(runner: &Runner, path: &str, headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    let (status, body) = get(runner, path, headers);
+    assert_eq!(status, 200, "{path}: {body}");
+    let seen: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(seen["path_with_query"], path, "{body}");
+    let mut pairs: Vec<(String, String)> = seen["spin_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|pair| {
+            (
+                pair[0].as_str().unwrap().to_owned(),
+                pair[1].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    pairs.sort();
+    let client = pairs
+        .iter()
+        .position(|(name, _)| name == "spin-client-addr")
+        .unwrap_or_else(|| panic!("no spin-client-addr in {pairs:?}"));
+    let client: std::net::SocketAddr = pairs.remove(client).1.parse().unwrap();
+    assert!(client.ip().is_loopback(), "{client}");
+    pairs
+}
+
+fn expected(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_string()))
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+#[test]
+fn a_wasip1_core_module_is_componentized_once_then_served_from_the_cache() {
+    let scratch = Scratch::new("conformance-componentize");
+    let manifest = app(&scratch, &[("/...", "guest")], "");
+    let mut runner = start(&scratch, &manifest);
+    let (status, _) = get(&runner, "/hello", &[]);
+    assert_eq!(status, 200);
+    let log = runner.process.log();
+    assert!(log.contains("made a component of the core module"), "{log}");
+    // println! in the guest is WASI preview 1's fd_write, through the adapter to stdout.
+    assert!(log.contains("conformance-guest: /hello"), "{log}");
+    runner.process.stop();
+
+    // A second start finds it compiled: nothing is encoded or compiled again.
+    let runner = start(&scratch, &manifest);
+    let (status, _) = get(&runner, "/again", &[]);
+    assert_eq!(status, 200);
+    let log = runner.process.log();
+    assert!(
+        log.contains("loaded compiled component from cache"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("made a component of the core module"),
+        "{log}"
+    );
+}
+
+#[test]
+fn routes_with_parameters_and_wildcards_carry_spins_headers() {
+    let scratch = Scratch::new("conformance-routes");
+    let manifest = app(
+        &scratch,
+        &[
+            ("/base/:path_segment/:path_end/...", "guest"),
+            ("/items/:id", "guest"),
+            ("/items/special", "other"),
+            ("/items/...", "guest"),
+            ("/...", "other"),
+        ],
+        "",
+    );
+    let runner = start(&scratch, &manifest);
+
+    // Spin's `request-shape` conformance case, value for value.
+    assert_eq!(
+        spin_headers(
+            &runner,
+            "/base/path/end/rest?key=value",
+            &[("host", "example.com")]
+        ),
+        expected(&[
+            (
+                "spin-raw-component-route",
+                "/base/:path_segment/:path_end/..."
+            ),
+            (
+                "spin-full-url",
+                "http://example.com/base/path/end/rest?key=value"
+            ),
+            ("spin-path-info", "/rest"),
+            ("spin-base-path", "/"),
+            ("spin-component-route", "/base/:path_segment/:path_end"),
+            ("spin-path-match-path-segment", "path"),
+            ("spin-path-match-path-end", "end"),
+            ("spin-matched-route", "/base/:path_segment/:path_end/..."),
+        ])
+    );
+
+    // A parameter beats a wildcard; an exact segment beats a parameter.
+    let host = format!("127.0.0.1:{}", runner.base_url.rsplit(':').next().unwrap());
+    let full = |path: &str| format!("http://{host}{path}");
+    assert_eq!(
+        spin_headers(&runner, "/items/42", &[]),
+        expected(&[
+            ("spin-raw-component-route", "/items/:id"),
+            ("spin-full-url", &full("/items/42")),
+            ("spin-path-info", ""),
+            ("spin-base-path", "/"),
+            ("spin-component-route", "/items/:id"),
+            ("spin-path-match-id", "42"),
+            ("spin-matched-route", "/items/:id"),
+        ])
+    );
+    assert_eq!(
+        spin_headers(&runner, "/items/special", &[]),
+        expected(&[
+            ("spin-raw-component-route", "/items/special"),
+            ("spin-full-url", &full("/items/special")),
+            ("spin-path-info", ""),
+            ("spin-base-path", "/"),
+            ("spin-component-route", "/items/special"),
+            ("spin-matched-route", "/items/special"),
+        ])
+    );
+    // The wildcard keeps the trailing slash in the path info, as Spin does.
+    assert_eq!(
+        spin_headers(&runner, "/items/42/parts/", &[]),
+        expected(&[
+            ("spin-raw-component-route", "/items/..."),
+            ("spin-full-url", &full("/items/42/parts/")),
+            ("spin-path-info", "/42/parts/"),
+            ("spin-base-path", "/"),
+            ("spin-component-route", "/items"),
+            ("spin-matched-route", "/items/..."),
+        ])
+    );
+    // The catch-all, and a client's own spin-* header replaced by Spin's value.
+    assert_eq!(
+        spin_headers(&runner, "/elsewhere?x=1", &[("spin-path-info", "/forged")]),
+        expected(&[
+            ("spin-raw-component-route", "/..."),
+            ("spin-full-url", &full("/elsewhere?x=1")),
+            ("spin-path-info", "/elsewhere"),
+            ("spin-base-path", "/"),
+            ("spin-component-route", ""),
+            ("spin-matched-route", "/..."),
+        ])
+    );
+    // Spin answers its own well-known paths before any route, even `/...`.
+    assert_eq!(
+        get(&runner, "/.well-known/spin/health", &[]),
+        (200, "OK".to_owned())
+    );
+    let (status, info) = get(&runner, "/.well-known/spin/info", &[]);
+    assert_eq!(status, 200);
+    let info: Value = serde_json::from_str(&info).unwrap();
+    assert_eq!(
+        info,
+        serde_json::json!({"name": "conformance", "version": "1.2.3"})
+    );
+    assert_eq!(get(&runner, "/.well-known/spin/other", &[]).0, 404);
+    // The startup listing, in precedence order, as `spin up` prints it.
+    let log = runner.process.log();
+    assert!(
+        log.contains(&format!(
+            "  guest: http://{host}/base/:path_segment/:path_end (wildcard)"
+        )),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("  other: http://{host} (wildcard)")),
+        "{log}"
+    );
+}
