@@ -208,8 +208,9 @@ impl AppConfig {
                     None if label == "default" => KeyValueStoreConfig::Sqlite {
                         path: Some(dir.join(".spin/sqlite_key_value.db").display().to_string()),
                     },
+                    // As Spin: the app does not start, so no request can open it.
                     None => bail!(
-                        "component {:?} uses key-value store {label:?}, which the runtime config does not define",
+                        "unknown key_value_stores label {label:?} for component {:?}: no runtime config defines that store (only \"default\" exists without one)",
                         c.id
                     ),
                 };
@@ -437,7 +438,10 @@ key_value_stores = ["default", "cache"]
     fn an_unconfigured_store_label_is_a_startup_error() {
         let dir = app_dir("nostore", APP, None);
         let err = format!("{:#}", load(&dir, false, &[]).unwrap_err());
-        assert!(err.contains("\"cache\""), "{err}");
+        assert!(
+            err.contains("unknown key_value_stores label \"cache\" for component \"worker\""),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

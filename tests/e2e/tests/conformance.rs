@@ -302,3 +302,109 @@ fn routes_with_parameters_and_wildcards_carry_spins_headers() {
         "{log}"
     );
 }
+
+/// What the guest answers when it opens `label` through `interface` (`kv-spin` or
+/// `kv-wasi`).
+fn open_store(runner: &Runner, path: &str, interface: &str, label: &str) -> String {
+    let (status, body) = get(runner, path, &[("probe", interface), ("label", label)]);
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+#[test]
+fn key_value_stores_not_granted_are_access_denied_through_both_interfaces() {
+    let scratch = Scratch::new("conformance-kv");
+    // `guest` may use `default`; `other` no store at all (Spin's
+    // key-value-no-permission case), although the app has one.
+    let manifest = app(
+        &scratch,
+        &[("/granted/...", "guest"), ("/...", "other")],
+        "",
+    );
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[component.guest]\n",
+        "[component.guest]\nkey_value_stores = [\"default\"]\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let runner = start(&scratch, &manifest);
+    for interface in ["kv-spin", "kv-wasi"] {
+        // Granted: opened, and a value set is read back.
+        assert_eq!(open_store(&runner, "/granted/", interface, "default"), "ok");
+        // A label the component lists nowhere: denied, whether or not a store by that
+        // name exists.
+        assert_eq!(
+            open_store(&runner, "/granted/", interface, "forbidden"),
+            "access-denied",
+            "{interface}"
+        );
+        assert_eq!(
+            open_store(&runner, "/elsewhere", interface, "default"),
+            "access-denied",
+            "{interface}"
+        );
+    }
+    let log = runner.process.log();
+    assert!(
+        log.contains("key-value store open denied: not in the component's key_value_stores"),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_granted_store_label_no_store_defines_stops_the_app_at_startup() {
+    // As Spin: a label in key_value_stores that neither the runtime config nor the
+    // default (`default`) defines is an error before anything runs.
+    let scratch = Scratch::new("conformance-kv-unknown");
+    let manifest = app(&scratch, &[("/...", "guest")], "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[component.guest]\n",
+        "[component.guest]\nkey_value_stores = [\"default\", \"cache\"]\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let output = Command::new(runner_binary())
+        .args(["up", "--from"])
+        .arg(&manifest)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown key_value_stores label \"cache\" for component \"guest\""),
+        "{stderr}"
+    );
+
+    // Defined in a runtime config, the same label opens.
+    let config = scratch.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.cache]\ntype = \"spin\"\npath = \"{}\"\n",
+            scratch.path().join("cache.db").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let mut command = Command::new(runner_binary());
+    command
+        .args(["up", "--from"])
+        .arg(&manifest)
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--runtime-config-file")
+        .arg(&config);
+    let process = Process::spawn("runner-kv-cache", &mut command, scratch.path());
+    let runner = Runner {
+        base_url: format!("http://127.0.0.1:{port}"),
+        process,
+    };
+    wait_for(
+        "the runner to listen",
+        std::time::Duration::from_secs(60),
+        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
+    );
+    for interface in ["kv-spin", "kv-wasi"] {
+        assert_eq!(open_store(&runner, "/", interface, "cache"), "ok");
+    }
+}
