@@ -408,3 +408,87 @@ fn a_granted_store_label_no_store_defines_stops_the_app_at_startup() {
         assert_eq!(open_store(&runner, "/", interface, "cache"), "ok");
     }
 }
+
+/// A plain HTTP server on `127.0.0.1:<port>` and `127.0.0.2:<port>` answering
+/// `hello from <address>`, counting the requests it gets.
+struct Upstream {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Upstream {
+    fn start() -> Upstream {
+        use std::io::{BufRead, BufReader, Write};
+        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = first.local_addr().unwrap().port();
+        let second = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for listener in [first, second] {
+            let requests = requests.clone();
+            std::thread::spawn(move || {
+                for mut stream in listener.incoming().flatten() {
+                    let local = stream.local_addr().unwrap().ip();
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                        line.clear();
+                    }
+                    requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let body = format!("hello from {local}");
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                }
+            });
+        }
+        Upstream { port, requests }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn a_cidr_range_allows_any_address_in_it_and_no_host_name() {
+    let upstream = Upstream::start();
+    let port = upstream.port;
+    let scratch = Scratch::new("conformance-cidr");
+    let manifest = app(
+        &scratch,
+        &[("/...", "guest")],
+        &format!("allowed_outbound_hosts = [\"*://127.0.0.0/24:{port}\"]"),
+    );
+    let runner = start(&scratch, &manifest);
+    let outbound = |url: String| {
+        let (status, body) = get(&runner, "/", &[("probe", "outbound"), ("url", &url)]);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // Any address in the range, on the allowed port.
+    assert_eq!(
+        outbound(format!("http://127.0.0.1:{port}/")),
+        "status 200: hello from 127.0.0.1"
+    );
+    assert_eq!(
+        outbound(format!("http://127.0.0.2:{port}/")),
+        "status 200: hello from 127.0.0.2"
+    );
+    assert_eq!(upstream.requests(), 2);
+    // Denied before any connection: a host name (though it resolves into the range),
+    // an address outside the /24, another port.
+    for denied in [
+        format!("http://localhost:{port}/"),
+        format!("http://127.0.1.1:{port}/"),
+        format!("http://127.0.0.1:{}/", free_port()),
+    ] {
+        assert_eq!(
+            outbound(denied.clone()),
+            "error: ErrorCode::HttpRequestDenied",
+            "{denied}"
+        );
+    }
+    assert_eq!(upstream.requests(), 2);
+}

@@ -9,7 +9,7 @@
 //! | [`order_request`] | `POST /api/orders`: body and `Idempotency-Key` bytes | an order or an RFC 9457 problem (400/422) naming fields by JSON Pointer or `header:`; never the card number in it |
 //! | [`event_envelope`] | a Redis message | an event that re-encodes to itself, or a decode error |
 //! | [`mail_response`] | a provider's answer: status and body | sent, permanent or transient as the status says; a short, printable message |
-//! | [`app_manifest`] | `spin.toml` | an application or an error; never a panic |
+//! | [`app_manifest`] | `spin.toml` | an application or an error; never a panic; a host name passes `allowed_outbound_hosts` only by name or wildcard, never by an address or CIDR range |
 //! | [`runtime_config`] | `runtime-config.toml` | a store map or an error; never a panic |
 //! | [`route`] | a route and a request path | a route or an error; a match's path info is the path's tail (none for an exact route), with one of each `spin-*` header |
 
@@ -147,6 +147,20 @@ pub fn app_manifest(data: &[u8]) {
     {
         for route in &app.http_routes {
             assert!(app.components.contains_key(&route.component));
+        }
+        // A host name is allowed only by a pattern naming it or a wildcard: never by an
+        // address or a CIDR range.
+        let name = "conformance-probe.invalid";
+        for component in app.components.values() {
+            let hosts = &component.allowed_hosts;
+            if hosts.allows("http", name, 80) || hosts.allows_url(&format!("redis://{name}")) {
+                assert!(
+                    text.contains('*') || text.to_ascii_lowercase().contains(name),
+                    "{name} allowed by {:?}",
+                    component.id
+                );
+            }
+            let _ = hosts.allows_url("http://[::1]:8080/x");
         }
     }
 }
