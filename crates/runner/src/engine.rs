@@ -127,14 +127,83 @@ pub fn instance_pre(
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .with_context(|| {
-            let imports_otel = component
+            let imports: Vec<String> = component
                 .component_type()
                 .imports(linker.engine())
-                .any(|(name, _)| name.starts_with("wasi:otel/"));
-            if imports_otel {
-                format!("component {id:?} imports wasi:otel: run with --experimental-wasi-otel (as `spin up` needs), or build it without tracing")
-            } else {
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            if imports.iter().any(|name| name.starts_with("wasi:otel/")) {
+                return format!("component {id:?} imports wasi:otel: run with --experimental-wasi-otel (as `spin up` needs), or build it without tracing");
+            }
+            let refused: Vec<&str> = imports
+                .iter()
+                .filter_map(|name| unsupported_capability(name))
+                .collect();
+            if refused.is_empty() {
                 format!("component {id:?} imports something this runner does not provide")
+            } else {
+                format!(
+                    "component {id:?} uses {}, which Spin provides and this runner does not",
+                    refused.join(", ")
+                )
             }
         })
+}
+
+/// Spin's capabilities this runner does not implement, by the interfaces that use
+/// them (every version: `fermyon:spin/...@2.0.0`, `spin:...@3.0.0`, unversioned).
+fn unsupported_capability(import: &str) -> Option<&'static str> {
+    const REFUSED: [(&str, &str); 8] = [
+        ("sqlite", "SQLite (sqlite_databases)"),
+        ("mqtt", "outbound MQTT"),
+        ("postgres", "outbound PostgreSQL"),
+        ("mysql", "outbound MySQL"),
+        ("llm", "the LLM interface (ai_models)"),
+        ("wasi:config/", "wasi:config"),
+        ("wasi:http/types@0.3", "WASI 0.3 (spin-sdk 6 and later)"),
+        ("fermyon:spin/http", "Spin 1's outbound HTTP"),
+    ];
+    let spin_or_wasi = import.starts_with("fermyon:spin/")
+        || import.starts_with("spin:")
+        || import.starts_with("wasi:");
+    REFUSED
+        .iter()
+        .find(|(word, _)| spin_or_wasi && import.contains(word))
+        .map(|(_, what)| *what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spin_capability_the_runner_lacks_is_named() {
+        let engine = engine().unwrap();
+        let linker = linker(&engine, false).unwrap();
+        let sqlite = wat::parse_str(
+            r#"(component
+                 (import "fermyon:spin/sqlite@2.0.0" (instance
+                   (export "open" (func (param "database" string))))))"#,
+        )
+        .unwrap();
+        let component = Component::new(&engine, &sqlite).unwrap();
+        let err = format!(
+            "{:#}",
+            instance_pre(&linker, &component, "db").err().unwrap()
+        );
+        assert!(
+            err.contains("component \"db\" uses SQLite (sqlite_databases), which Spin provides and this runner does not"),
+            "{err}"
+        );
+        assert_eq!(
+            unsupported_capability("spin:postgres/postgres@4.0.0"),
+            Some("outbound PostgreSQL")
+        );
+        assert_eq!(
+            unsupported_capability("fermyon:spin/llm@2.0.0"),
+            Some("the LLM interface (ai_models)")
+        );
+        assert_eq!(unsupported_capability("fermyon:spin/key-value@2.0.0"), None);
+        assert_eq!(unsupported_capability("acme:mysql-tools/x"), None);
+    }
 }
