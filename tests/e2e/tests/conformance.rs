@@ -26,14 +26,21 @@ fn guest() -> &'static Path {
             .args(["target", "list", "--installed"])
             .output()
             .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("wasm32-wasip1"));
+        // Its own target directory: the `cargo test` running this holds the lock on
+        // the workspace's.
         let (mut command, target_dir) = if rustup_has_target {
-            let target_dir = root.join("target");
+            let target_dir = root.join("target/conformance-guest");
             let mut command =
                 Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             command.env_remove("RUSTFLAGS");
             (command, target_dir)
         } else {
-            for needed in ["/usr/bin/cargo", "/usr/bin/rustc", "/usr/bin/wasm-ld-19"] {
+            for needed in [
+                "/usr/bin/cargo",
+                "/usr/bin/rustc",
+                "/usr/bin/wasm-ld-19",
+                "/usr/lib/wasm32-wasi/libc.a",
+            ] {
                 assert!(
                     Path::new(needed).exists(),
                     "{needed} is missing: run `make build` first (it installs the fallback wasm toolchain)"
