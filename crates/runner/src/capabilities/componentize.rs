@@ -72,9 +72,10 @@ pub fn componentize(module: &[u8]) -> Result<Vec<u8>> {
             WASI_SNAPSHOT_PREVIEW1_COMMAND_ADAPTER
         }
         None => bail!(
-            "this core module looks made by wit-bindgen 0.2 (Spin 1.x SDKs): Spin adapts those \
-             with an adapter of its own for Spin 1's interfaces, which this runner does not have; \
-             rebuild it with a current Spin SDK"
+            "this core module has neither wit-bindgen 0.5+ metadata nor a preview 1 `_start`: \
+             Spin takes such modules for wit-bindgen 0.2 ones (Spin 1.x SDKs) and adapts them \
+             with an adapter of its own for Spin 1's interfaces, which this runner does not \
+             have; rebuild it with a current Spin SDK"
         ),
     };
     ComponentEncoder::default()
