@@ -1,41 +1,65 @@
 //! `allowed_outbound_hosts`: which outbound connections a component may make, with
-//! Spin's rules (`scheme://host[:port]`, `*` for any scheme, host or port, `*.domain`
-//! for subdomains; a missing port means the scheme's default). Used by outbound HTTP
-//! and outbound Redis, as Spin's `factor-outbound-networking` serves both.
+//! the rules of Spin's `factor-outbound-networking` (which serves outbound HTTP and
+//! outbound Redis alike): `scheme://host[:port]`, where
+//! - the scheme is a name or `*` (any);
+//! - the host is a name, an IP address, `*` (any), `*.domain` (its subdomains), or a
+//!   CIDR range (`127.0.0.0/24`, `fd00::/8`): any address in it, never a host name
+//!   (`localhost` is not in `127.0.0.0/8`: Spin matches the request's host as written,
+//!   before any name lookup);
+//! - the port is a number, `*` (any), or a range `start..end` (end excluded); missing, it
+//!   is the scheme's well-known port, and a scheme without one needs a port.
 
-use anyhow::{bail, Result};
+use std::net::IpAddr;
+use std::ops::Range;
+
+use anyhow::{bail, Context, Result};
+use ipnet::IpNet;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AllowedHost {
     scheme: Option<String>,
     host: HostPattern,
-    port: Option<u16>,
-    any_port: bool,
+    port: PortPattern,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum HostPattern {
     Any,
-    Exact(String),
+    Name(String),
+    Address(IpAddr),
     /// `*.example.com`: any subdomain of it.
     Subdomains(String),
+    Cidr(IpNet),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PortPattern {
+    Any,
+    One(u16),
+    Range(Range<u16>),
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct AllowedHosts(Vec<AllowedHost>);
 
+/// The well-known ports Spin assumes when a URL or a pattern gives none.
 pub fn default_port(scheme: &str) -> Option<u16> {
     match scheme {
         "http" => Some(80),
         "https" => Some(443),
         "redis" => Some(6379),
-        "rediss" => Some(6380),
+        "postgres" => Some(5432),
+        "mysql" => Some(3306),
+        "mqtt" => Some(1883),
         _ => None,
     }
 }
 
 impl AllowedHosts {
     pub fn parse(patterns: &[String]) -> Result<AllowedHosts> {
+        if patterns.len() == 1 && patterns[0] == "insecure:allow-all" {
+            bail!("'insecure:allow-all' is not allowed: use '*://*:*' if you really want to allow all outbound traffic");
+        }
         patterns
             .iter()
             .map(|p| parse_pattern(p))
@@ -49,14 +73,25 @@ impl AllowedHosts {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_ascii_lowercase();
+        let address: Option<IpAddr> = host.parse().ok();
         self.0.iter().any(|a| {
             a.scheme.as_deref().is_none_or(|s| s == scheme)
-                && match &a.host {
-                    HostPattern::Any => true,
-                    HostPattern::Exact(h) => *h == host,
-                    HostPattern::Subdomains(d) => host.ends_with(&format!(".{d}")),
+                && match (&a.host, address) {
+                    (HostPattern::Any, _) => true,
+                    (HostPattern::Address(allowed), Some(address)) => *allowed == address,
+                    (HostPattern::Cidr(range), Some(address)) => range.contains(&address),
+                    (HostPattern::Name(name), None) => *name == host,
+                    (HostPattern::Subdomains(domain), None) => {
+                        host.ends_with(&format!(".{domain}"))
+                    }
+                    // Names never match addresses or ranges, nor addresses names.
+                    _ => false,
                 }
-                && (a.any_port || a.port.or_else(|| default_port(scheme)) == Some(port))
+                && match &a.port {
+                    PortPattern::Any => true,
+                    PortPattern::One(allowed) => *allowed == port,
+                    PortPattern::Range(range) => range.contains(&port),
+                }
         })
     }
 
@@ -92,48 +127,95 @@ fn split_url(url: &str) -> Option<(String, String, Option<u16>)> {
     (!host.is_empty()).then(|| (scheme.to_ascii_lowercase(), host.to_owned(), port))
 }
 
+/// One pattern, split as Spin splits it: the scheme before `://`, the port after the
+/// last `:` (so an IPv6 range is written unbracketed, `*://fd00::/8:80`).
 fn parse_pattern(pattern: &str) -> Result<AllowedHost> {
-    let Some((scheme, rest)) = pattern.split_once("://") else {
-        bail!("{pattern:?} must be scheme://host[:port] (e.g. https://api.example.com)");
+    let trimmed = pattern.trim();
+    let Some((scheme, rest)) = trimmed.split_once("://") else {
+        bail!("{pattern:?} is not scheme://host[:port] (e.g. https://api.example.com, or '*://*:*' for everything)");
     };
-    let rest = rest.trim_end_matches('/');
-    if rest.contains('/') {
-        bail!("{pattern:?}: paths are not allowed in allowed_outbound_hosts");
-    }
-    let (host, port) = match rest.rsplit_once(':') {
-        Some((h, p)) if !h.is_empty() => (h, Some(p)),
-        _ => (rest, None),
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, ""));
+    let port = match port.split_once('/') {
+        Some((_, path)) if !path.is_empty() => {
+            bail!("{pattern:?} has a path; allowed_outbound_hosts takes none")
+        }
+        Some((port, _)) => port,
+        None => port,
     };
-    let (port, any_port) = match port {
-        None => (None, false),
-        Some("*") => (None, true),
-        Some(p) => match p.parse::<u16>() {
-            Ok(p) => (Some(p), false),
-            Err(_) => bail!("{pattern:?}: port {p:?} is not a number (ranges are not supported)"),
-        },
-    };
+    let port =
+        parse_port(port, scheme).with_context(|| format!("{pattern:?}: invalid port {port:?}"))?;
     let scheme = match scheme {
         "*" => None,
-        s if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') => {
+        s if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphabetic()) => {
             Some(s.to_ascii_lowercase())
         }
-        s => bail!("{pattern:?}: {s:?} is not a scheme"),
+        s => bail!("{pattern:?}: {s:?} is not a scheme (letters only, or *)"),
     };
-    if port.is_none() && !any_port && scheme.as_deref().is_some_and(|s| default_port(s).is_none()) {
-        bail!("{pattern:?}: give a port; scheme has no default port");
+    let host = parse_host(host).with_context(|| format!("{pattern:?}: invalid host {host:?}"))?;
+    Ok(AllowedHost { scheme, host, port })
+}
+
+fn parse_port(port: &str, scheme: &str) -> Result<PortPattern> {
+    if port.is_empty() {
+        return default_port(scheme).map(PortPattern::One).with_context(|| {
+            format!("no port given, and scheme {scheme:?} has no well-known port")
+        });
     }
-    let host = match host.to_ascii_lowercase() {
-        h if h == "*" => HostPattern::Any,
-        h if h.starts_with("*.") => HostPattern::Subdomains(h[2..].to_owned()),
-        h if h.is_empty() || h.contains('*') => bail!("{pattern:?}: {h:?} is not a host pattern"),
-        h => HostPattern::Exact(h.trim_start_matches('[').trim_end_matches(']').to_owned()),
-    };
-    Ok(AllowedHost {
-        scheme,
-        host,
-        port,
-        any_port,
-    })
+    if port == "*" {
+        return Ok(PortPattern::Any);
+    }
+    if port.starts_with('{') {
+        bail!("port lists are not supported");
+    }
+    if let Some((start, end)) = port.split_once("..") {
+        let start = start
+            .parse()
+            .context("the range's start is not a port number")?;
+        let end = end
+            .parse()
+            .context("the range's end is not a port number")?;
+        return Ok(PortPattern::Range(start..end));
+    }
+    Ok(PortPattern::One(port.parse().context("not a port number")?))
+}
+
+fn parse_host(host: &str) -> Result<HostPattern> {
+    let host = host.trim();
+    if host == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if host == "self" || host == "self.alt" {
+        bail!("\"{host}\" (requests to the app itself) is not supported by this runner");
+    }
+    if host.starts_with('{') {
+        bail!("host lists are not supported");
+    }
+    let lowered = host.to_ascii_lowercase();
+    if lowered == "spin.internal" || lowered.ends_with(".spin.internal") {
+        bail!("service chaining (*.spin.internal) is not supported by this runner");
+    }
+    if let Ok(range) = host.parse::<IpNet>() {
+        return Ok(HostPattern::Cidr(range.trunc()));
+    }
+    let host = host.trim_end_matches('/').to_ascii_lowercase();
+    if host.contains('/') {
+        bail!("a host has no path");
+    }
+    if let Some(domain) = host.strip_prefix("*.") {
+        if domain.is_empty() || domain.contains('*') {
+            bail!("wildcards are allowed only as a leading `*.`");
+        }
+        return Ok(HostPattern::Subdomains(domain.to_owned()));
+    }
+    if host.is_empty() || host.contains('*') {
+        bail!("wildcards are allowed only as a leading `*.`");
+    }
+    let unbracketed = host.trim_start_matches('[').trim_end_matches(']');
+    match unbracketed.parse::<IpAddr>() {
+        Ok(address) => Ok(HostPattern::Address(address)),
+        Err(_) if host.starts_with('[') => bail!("{host} is not an IPv6 address"),
+        Err(_) => Ok(HostPattern::Name(host)),
+    }
 }
 
 #[cfg(test)]
@@ -169,6 +251,53 @@ mod tests {
         assert!(a.allows("http", "localhost", 1234));
         assert!(!a.allows("https", "localhost", 1234));
         assert!(!AllowedHosts::default().allows_url("https://x.com"));
+        let any = hosts(&["*://*:*"]);
+        assert!(any.allows("redis", "10.1.2.3", 1));
+        assert!(any.allows_url("https://anything.example"));
+    }
+
+    #[test]
+    fn cidr_ranges_allow_every_address_in_them_and_no_host_name() {
+        let a = hosts(&["*://127.0.0.0/24:8080"]);
+        assert!(a.allows("http", "127.0.0.1", 8080));
+        assert!(a.allows("https", "127.0.0.254", 8080));
+        assert!(a.allows_url("redis://127.0.0.9:8080/0"));
+        assert!(!a.allows("http", "127.0.1.1", 8080), "outside the /24");
+        assert!(!a.allows("http", "127.0.0.1", 8081), "other port");
+        assert!(
+            !a.allows("http", "localhost", 8080),
+            "a name is never in a range"
+        );
+        // Host bits are dropped, as Spin truncates the network.
+        let a = hosts(&["http://10.1.2.3/16"]);
+        assert!(a.allows("http", "10.1.200.7", 80));
+        assert!(!a.allows("http", "10.2.0.1", 80));
+        // IPv6, written unbracketed (the port follows the last colon).
+        let a = hosts(&["*://fd00::/8:443"]);
+        assert!(a.allows("https", "[fd12::1]", 443));
+        assert!(a.allows_url("https://[fd00::abcd]/x"));
+        assert!(!a.allows("https", "[fe80::1]", 443));
+        assert!(!a.allows("https", "127.0.0.1", 443));
+    }
+
+    #[test]
+    fn addresses_compare_as_addresses_and_names_as_names() {
+        let a = hosts(&["http://[::1]:80", "http://127.0.0.1:81"]);
+        assert!(a.allows("http", "[0:0::1]", 80));
+        assert!(a.allows_url("http://[::1]/"));
+        assert!(!a.allows("http", "localhost", 80));
+        assert!(!a.allows("http", "localhost", 81));
+        let names = hosts(&["http://localhost:80"]);
+        assert!(!names.allows("http", "127.0.0.1", 80), "no name lookup");
+    }
+
+    #[test]
+    fn port_ranges_exclude_their_end() {
+        let a = hosts(&["http://127.0.0.1:8000..8002"]);
+        assert!(a.allows("http", "127.0.0.1", 8000));
+        assert!(a.allows("http", "127.0.0.1", 8001));
+        assert!(!a.allows("http", "127.0.0.1", 8002));
+        assert!(!a.allows("http", "127.0.0.1", 7999));
     }
 
     #[test]
@@ -178,9 +307,18 @@ mod tests {
             "https://x.com/path",
             "https://x.com:abc",
             "https://a*b.com",
+            "https://*.a*b.com",
             "foo://x",
+            "*://127.0.0.0/24",
+            "*://127.0.0.0/33:80",
+            "h2c+tls://x:1",
+            "http://x:1..y",
+            "http://self",
+            "http://*.spin.internal",
+            "http://{a,b}.com",
         ] {
             assert!(AllowedHosts::parse(&[bad.to_string()]).is_err(), "{bad}");
         }
+        assert!(AllowedHosts::parse(&["insecure:allow-all".to_string()]).is_err());
     }
 }

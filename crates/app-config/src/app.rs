@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::allowed_hosts::AllowedHosts;
 use crate::manifest::{
-    is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RuntimeConfig,
+    is_variable_name, resolve_template, KeyValueStoreConfig, Manifest, RouteDecl, RuntimeConfig,
 };
 
 /// One component, ready to instantiate.
@@ -32,6 +32,7 @@ pub struct HttpRoute {
 #[derive(Debug)]
 pub struct AppConfig {
     pub name: String,
+    pub version: Option<String>,
     pub components: BTreeMap<String, ComponentConfig>,
     pub http_routes: Vec<HttpRoute>,
     /// Redis address -> channel -> components.
@@ -154,9 +155,12 @@ impl AppConfig {
             .http
             .iter()
             .filter(|t| selected(&t.component))
-            .map(|t| HttpRoute {
-                route: t.route.clone(),
-                component: t.component.clone(),
+            .filter_map(|t| match &t.route {
+                RouteDecl::Route(route) => Some(HttpRoute {
+                    route: route.clone(),
+                    component: t.component.clone(),
+                }),
+                RouteDecl::Private(_) => None,
             })
             .collect();
 
@@ -204,8 +208,9 @@ impl AppConfig {
                     None if label == "default" => KeyValueStoreConfig::Sqlite {
                         path: Some(dir.join(".spin/sqlite_key_value.db").display().to_string()),
                     },
+                    // As Spin: the app does not start, so no request can open it.
                     None => bail!(
-                        "component {:?} uses key-value store {label:?}, which the runtime config does not define",
+                        "unknown key_value_stores label {label:?} for component {:?}: no runtime config defines that store (only \"default\" exists without one)",
                         c.id
                     ),
                 };
@@ -215,6 +220,7 @@ impl AppConfig {
 
         Ok(AppConfig {
             name: manifest.application.name.clone(),
+            version: manifest.application.version.clone(),
             components,
             http_routes,
             redis_subscriptions,
@@ -432,7 +438,10 @@ key_value_stores = ["default", "cache"]
     fn an_unconfigured_store_label_is_a_startup_error() {
         let dir = app_dir("nostore", APP, None);
         let err = format!("{:#}", load(&dir, false, &[]).unwrap_err());
-        assert!(err.contains("\"cache\""), "{err}");
+        assert!(
+            err.contains("unknown key_value_stores label \"cache\" for component \"worker\""),
+            "{err}"
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 

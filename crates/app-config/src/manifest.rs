@@ -84,9 +84,24 @@ pub struct Triggers {
 #[serde(deny_unknown_fields)]
 pub struct HttpTrigger {
     pub id: Option<String>,
-    pub route: String,
+    pub route: RouteDecl,
     pub component: String,
     pub executor: Option<HttpExecutor>,
+}
+
+/// `route = "/path"`, or `route = { private = true }` for a component no route reaches
+/// (Spin reaches those only by service chaining, which this runner does not do).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RouteDecl {
+    Route(String),
+    Private(PrivateRoute),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrivateRoute {
+    pub private: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +183,12 @@ impl Manifest {
             if !manifest.component.contains_key(&t.component) {
                 bail!(
                     "spin.toml: trigger.http[{i}].component {:?} is not defined",
+                    t.component
+                );
+            }
+            if let RouteDecl::Private(PrivateRoute { private: false }) = t.route {
+                bail!(
+                    "spin.toml: trigger.http[{i}].route must be a string pattern or {{ private = true }}: {:?} has {{ private = false }}",
                     t.component
                 );
             }
@@ -328,6 +349,19 @@ source = "c.wasm"
 
         let text = MINIMAL.replace("component = \"c\"", "component = \"missing\"");
         assert!(format!("{:#}", Manifest::parse(&text).unwrap_err()).contains("missing"));
+    }
+
+    #[test]
+    fn a_private_route_is_accepted_and_private_false_refused() {
+        let private = MINIMAL.replace("route = \"/...\"", "route = { private = true }");
+        let m = Manifest::parse(&private).unwrap();
+        assert!(matches!(
+            m.trigger.http[0].route,
+            RouteDecl::Private(PrivateRoute { private: true })
+        ));
+        let public = MINIMAL.replace("route = \"/...\"", "route = { private = false }");
+        let err = format!("{:#}", Manifest::parse(&public).unwrap_err());
+        assert!(err.contains("private = true"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The Wasmtime engine, the linker with every capability, and compiled components
-//! cached on disk (keyed by the wasm's hash and the Wasmtime version).
+//! cached on disk (keyed by the wasm's hash and the Wasmtime version). A core module is
+//! made into a component first, as Spin does ([`componentize`]); the cache holds the
+//! compiled result, so that happens once.
 
 use std::path::Path;
 
@@ -8,6 +10,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
+use crate::capabilities::componentize;
 use crate::capabilities::{key_value, otel, outbound_redis, variables};
 use crate::instance::InstanceState;
 
@@ -34,7 +37,8 @@ pub fn linker(engine: &Engine, experimental_wasi_otel: bool) -> Result<Linker<In
     Ok(linker)
 }
 
-/// Compiles `source` once: later runs load the machine code from `cache_dir`.
+/// Compiles `source` once (a component, or a core module made into one): later runs
+/// load the machine code from `cache_dir`.
 pub fn load_component(
     engine: &Engine,
     id: &str,
@@ -47,12 +51,15 @@ pub fn load_component(
             source.display()
         )
     })?;
-    let key = hex::encode(
-        Sha256::new()
-            .chain_update(&wasm)
-            .chain_update(engine_fingerprint(engine).to_le_bytes())
-            .finalize(),
-    );
+    let encoding = componentize::encoding(&wasm)
+        .with_context(|| format!("component {id:?}: {}", source.display()))?;
+    let mut key = Sha256::new()
+        .chain_update(&wasm)
+        .chain_update(engine_fingerprint(engine).to_le_bytes());
+    if encoding == wasmparser::Encoding::Module {
+        key.update(componentize::fingerprint());
+    }
+    let key = hex::encode(key.finalize());
     let cached = cache_dir.join(format!("{key}.cwasm"));
     if cached.exists() {
         // SAFETY: the file was written by `Component::serialize` of a compatible engine
@@ -66,7 +73,17 @@ pub fn load_component(
         }
     }
     let started = std::time::Instant::now();
-    let component = Component::new(engine, &wasm)
+    let wasm = componentize::componentize_if_necessary(&wasm)
+        .with_context(|| format!("component {id:?}: {}", source.display()))?;
+    if encoding == wasmparser::Encoding::Module {
+        tracing::info!(
+            component = id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "made a component of the core module {}",
+            source.display()
+        );
+    }
+    let component = Component::new(engine, &*wasm)
         .map_err(anyhow::Error::from)
         .with_context(|| format!("compiling component {id:?}"))?;
     tracing::info!(
@@ -110,14 +127,83 @@ pub fn instance_pre(
         .instantiate_pre(component)
         .map_err(anyhow::Error::from)
         .with_context(|| {
-            let imports_otel = component
+            let imports: Vec<String> = component
                 .component_type()
                 .imports(linker.engine())
-                .any(|(name, _)| name.starts_with("wasi:otel/"));
-            if imports_otel {
-                format!("component {id:?} imports wasi:otel: run with --experimental-wasi-otel (as `spin up` needs), or build it without tracing")
-            } else {
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            if imports.iter().any(|name| name.starts_with("wasi:otel/")) {
+                return format!("component {id:?} imports wasi:otel: run with --experimental-wasi-otel (as `spin up` needs), or build it without tracing");
+            }
+            let refused: Vec<&str> = imports
+                .iter()
+                .filter_map(|name| unsupported_capability(name))
+                .collect();
+            if refused.is_empty() {
                 format!("component {id:?} imports something this runner does not provide")
+            } else {
+                format!(
+                    "component {id:?} uses {}, which Spin provides and this runner does not",
+                    refused.join(", ")
+                )
             }
         })
+}
+
+/// Spin's capabilities this runner does not implement, by the interfaces that use
+/// them (every version: `fermyon:spin/...@2.0.0`, `spin:...@3.0.0`, unversioned).
+fn unsupported_capability(import: &str) -> Option<&'static str> {
+    const REFUSED: [(&str, &str); 8] = [
+        ("sqlite", "SQLite (sqlite_databases)"),
+        ("mqtt", "outbound MQTT"),
+        ("postgres", "outbound PostgreSQL"),
+        ("mysql", "outbound MySQL"),
+        ("llm", "the LLM interface (ai_models)"),
+        ("wasi:config/", "wasi:config"),
+        ("wasi:http/types@0.3", "WASI 0.3 (spin-sdk 6 and later)"),
+        ("fermyon:spin/http", "Spin 1's outbound HTTP"),
+    ];
+    let spin_or_wasi = import.starts_with("fermyon:spin/")
+        || import.starts_with("spin:")
+        || import.starts_with("wasi:");
+    REFUSED
+        .iter()
+        .find(|(word, _)| spin_or_wasi && import.contains(word))
+        .map(|(_, what)| *what)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spin_capability_the_runner_lacks_is_named() {
+        let engine = engine().unwrap();
+        let linker = linker(&engine, false).unwrap();
+        let sqlite = wat::parse_str(
+            r#"(component
+                 (import "fermyon:spin/sqlite@2.0.0" (instance
+                   (export "open" (func (param "database" string))))))"#,
+        )
+        .unwrap();
+        let component = Component::new(&engine, &sqlite).unwrap();
+        let err = format!(
+            "{:#}",
+            instance_pre(&linker, &component, "db").err().unwrap()
+        );
+        assert!(
+            err.contains("component \"db\" uses SQLite (sqlite_databases), which Spin provides and this runner does not"),
+            "{err}"
+        );
+        assert_eq!(
+            unsupported_capability("spin:postgres/postgres@4.0.0"),
+            Some("outbound PostgreSQL")
+        );
+        assert_eq!(
+            unsupported_capability("fermyon:spin/llm@2.0.0"),
+            Some("the LLM interface (ai_models)")
+        );
+        assert_eq!(unsupported_capability("fermyon:spin/key-value@2.0.0"), None);
+        assert_eq!(unsupported_capability("acme:mysql-tools/x"), None);
+    }
 }

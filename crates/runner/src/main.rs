@@ -18,7 +18,7 @@ use spin_runner::capabilities::outbound_redis::Connections;
 use spin_runner::engine;
 use spin_runner::instance::ComponentRuntime;
 use spin_runner::manifest::KeyValueStoreConfig;
-use spin_runner::routes::RoutePattern;
+use spin_runner::routes::Router;
 use spin_runner::triggers::redis::RedisTriggerPre;
 use spin_runner::triggers::{http as http_trigger, redis as redis_trigger};
 
@@ -172,17 +172,38 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
     let mut triggers = tokio::task::JoinSet::new();
 
     if !app.http_routes.is_empty() {
-        let mut routes = Vec::new();
+        let mut handlers = Vec::new();
         for r in &app.http_routes {
             let pre = ProxyPre::new(pres[&r.component].clone())
                 .map_err(anyhow::Error::from)
                 .with_context(|| format!("component {:?} is not an HTTP component", r.component))?;
-            routes.push(http_trigger::Route {
-                raw: r.route.clone(),
-                pattern: RoutePattern::parse(&r.route),
+            let handler = http_trigger::Handler {
                 component: runtimes[&r.component].clone(),
                 pre,
-            });
+            };
+            handlers.push((r.route.as_str(), handler, r.component.as_str()));
+        }
+        let (routes, duplicates) = Router::build(handlers)?;
+        if !duplicates.is_empty() {
+            tracing::error!(
+                "The following component routes are duplicates and will never be used:"
+            );
+            for dup in &duplicates {
+                tracing::error!(
+                    "  {}: {} (duplicate of {})",
+                    dup.replaced,
+                    dup.route,
+                    dup.effective
+                );
+            }
+        }
+        if routes
+            .routes()
+            .any(|r| format!("{}/", r.based).starts_with("/.well-known/spin/"))
+        {
+            tracing::error!(
+                "Routes under /.well-known/spin/ are handled by the Spin runtime and will never be reached"
+            );
         }
         let listener = tokio::net::TcpListener::bind(&args.listen)
             .await
@@ -190,21 +211,21 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
         let addr = listener.local_addr()?;
         println!("Serving http://{addr}");
         println!("Available Routes:");
-        for r in &app.http_routes {
-            // As `spin up` prints them: `  checkout: http://127.0.0.1:3000/api (wildcard)`.
-            let wildcard = if r.route.ends_with("...") {
-                " (wildcard)"
-            } else {
-                ""
-            };
+        // As `spin up` prints them, in precedence order:
+        // `  checkout: http://127.0.0.1:3000/api (wildcard)`.
+        for route in routes.routes() {
             println!(
-                "  {}: http://{addr}{}{wildcard}",
-                r.component,
-                r.route.trim_end_matches("...").trim_end_matches('/')
+                "  {}: http://{addr}{}",
+                route.target.component.id,
+                route.display()
             );
         }
         let mut rx = shutdown_rx.clone();
         let exporter = exporter.clone();
+        let app_info = http_trigger::AppInfo {
+            name: app.name.clone(),
+            version: app.version.clone(),
+        };
         let read_timeout = args.http_read_timeout_seconds.max(1);
         triggers.spawn(async move {
             let stop = async move {
@@ -214,7 +235,7 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
                 timeout: std::time::Duration::from_secs(read_timeout),
                 ..http_trigger::ReadLimits::default()
             };
-            http_trigger::serve(listener, routes, exporter, limits, stop)
+            http_trigger::serve(listener, routes, app_info, exporter, limits, stop)
                 .await
                 .context("HTTP trigger")
         });

@@ -48,12 +48,12 @@ fn interfaces(name: &str, build: Build) -> (Vec<String>, Vec<String>) {
             Payload::End(_) if depth > 0 => depth -= 1,
             Payload::ComponentImportSection(reader) if depth == 0 => {
                 for import in reader {
-                    imports.push(import.expect("import").name.0.to_owned());
+                    imports.push(import.expect("import").name.name.to_owned());
                 }
             }
             Payload::ComponentExportSection(reader) if depth == 0 => {
                 for export in reader {
-                    exports.push(export.expect("export").name.0.to_owned());
+                    exports.push(export.expect("export").name.name.to_owned());
                 }
             }
             _ => {}

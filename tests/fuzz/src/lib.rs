@@ -9,9 +9,9 @@
 //! | [`order_request`] | `POST /api/orders`: body and `Idempotency-Key` bytes | an order or an RFC 9457 problem (400/422) naming fields by JSON Pointer or `header:`; never the card number in it |
 //! | [`event_envelope`] | a Redis message | an event that re-encodes to itself, or a decode error |
 //! | [`mail_response`] | a provider's answer: status and body | sent, permanent or transient as the status says; a short, printable message |
-//! | [`app_manifest`] | `spin.toml` | an application or an error; never a panic |
+//! | [`app_manifest`] | `spin.toml` | an application or an error; never a panic; a host name passes `allowed_outbound_hosts` only by name or wildcard, never by an address or CIDR range |
 //! | [`runtime_config`] | `runtime-config.toml` | a store map or an error; never a panic |
-//! | [`route`] | a route and a request path | the path info after the route's base, or no match |
+//! | [`route`] | a route and a request path | a route or an error; a match's path info is the path's tail (none for an exact route), with one of each `spin-*` header |
 
 use chrono::NaiveDate;
 use shop_domain::checkout;
@@ -19,7 +19,7 @@ use shop_domain::event;
 use shop_domain::mail::{self, Delivery, Provider};
 use spin_app_config::app::{AppConfig, Overrides};
 use spin_app_config::manifest::RuntimeConfig;
-use spin_app_config::routes::RoutePattern;
+use spin_app_config::routes::Router;
 
 use shop_domain::mail::MAX_PROVIDER_MESSAGE_CHARS;
 
@@ -148,6 +148,20 @@ pub fn app_manifest(data: &[u8]) {
         for route in &app.http_routes {
             assert!(app.components.contains_key(&route.component));
         }
+        // A host name is allowed only by a pattern naming it or a wildcard: never by an
+        // address or a CIDR range.
+        let name = "conformance-probe.invalid";
+        for component in app.components.values() {
+            let hosts = &component.allowed_hosts;
+            if hosts.allows("http", name, 80) || hosts.allows_url(&format!("redis://{name}")) {
+                assert!(
+                    text.contains('*') || text.to_ascii_lowercase().contains(name),
+                    "{name} allowed by {:?}",
+                    component.id
+                );
+            }
+            let _ = hosts.allows_url("http://[::1]:8080/x");
+        }
     }
 }
 
@@ -164,25 +178,38 @@ pub fn route(data: &[u8]) {
     let (Ok(route), Ok(path)) = (std::str::from_utf8(route), std::str::from_utf8(path)) else {
         return;
     };
-    let pattern = RoutePattern::parse(route);
-    if let Some(rest) = pattern.matches(path) {
-        // The path info is what follows the route's base in the path.
-        if !rest.is_empty() {
-            // Trailing slashes do not count, except in the root path itself.
-            let trimmed = if path.len() > 1 {
-                path.trim_end_matches('/')
-            } else {
-                path
-            };
-            assert_eq!(
-                format!("{}{rest}", pattern.base()),
-                trimmed,
-                "{route:?} {path:?}"
-            );
-            if path.starts_with('/') {
-                assert!(rest.starts_with('/'), "{route:?} {path:?} -> {rest:?}");
-            }
-        }
+    let Ok((router, _)) = Router::build([(route, (), "c")]) else {
+        return;
+    };
+    let Some(found) = router.route(path) else {
+        return;
+    };
+    let info = &found.path_info;
+    if found.route.wildcard {
+        // What the wildcard matched ends the path (slashes at either end aside).
+        assert!(
+            path.trim_end_matches('/').ends_with(info.trim_matches('/')),
+            "{route:?} {path:?} -> {info:?}"
+        );
+        assert!(
+            info.is_empty() || info.starts_with('/'),
+            "{route:?} {path:?} -> {info:?}"
+        );
+    } else {
+        assert!(info.is_empty(), "exact {route:?} {path:?} -> {info:?}");
+    }
+    let headers = found.spin_headers("http", "example.com", path, "127.0.0.1:1".parse().unwrap());
+    for name in [
+        "spin-path-info",
+        "spin-full-url",
+        "spin-matched-route",
+        "spin-base-path",
+        "spin-raw-component-route",
+        "spin-component-route",
+        "spin-client-addr",
+    ] {
+        let count = headers.iter().filter(|(n, _)| n == name).count();
+        assert_eq!(count, 1, "{name} in {headers:?}");
     }
 }
 

@@ -5,6 +5,7 @@
 //! adding a capability touches its module and that list.
 
 pub use spin_app_config::allowed_hosts;
+pub mod componentize;
 pub mod key_value;
 pub mod otel;
 pub mod outbound_http;

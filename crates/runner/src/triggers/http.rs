@@ -1,6 +1,8 @@
-//! Spin's HTTP trigger: routes matched as Spin does, a fresh component instance per
-//! request, Spin's `spin-*` request headers, and a 500 (not a dead server) when a
-//! component traps.
+//! Spin's HTTP trigger: routes matched as Spin does (`routes`: exact, `:name` and
+//! wildcard segments, Spin's precedence), a fresh component instance per request,
+//! Spin's `spin-*` request headers with Spin's values, Spin's own
+//! `/.well-known/spin/health` and `/info` answers before any route, and a 500 (not a
+//! dead server) when a component traps.
 //!
 //! Traced as Spin traces it: a `SERVER` span `<method> <route>` that continues an
 //! inbound `traceparent`, and under it `execute_wasm_component <id>`, the instance's
@@ -32,22 +34,24 @@ use wasmtime_wasi_http::WasiHttpView;
 
 use crate::capabilities::otel::{Exporter, HostSpan, COMPONENT_ATTRIBUTE};
 use crate::instance::{ComponentRuntime, InstanceState};
-use crate::routes::RoutePattern;
+use crate::routes::{RouteMatch, Router};
 
-pub struct Route {
-    pub raw: String,
-    pub pattern: RoutePattern,
+/// What a route leads to: a component, ready to instantiate as an HTTP handler.
+pub struct Handler {
     pub component: Arc<ComponentRuntime>,
     pub pre: ProxyPre<InstanceState>,
 }
 
-/// The most specific route matching `path`, with its path info.
-fn best_match<'a>(routes: &'a [Route], path: &str) -> Option<(&'a Route, String)> {
-    routes
-        .iter()
-        .filter_map(|r| r.pattern.matches(path).map(|info| (r, info)))
-        .max_by_key(|(r, _)| r.pattern.specificity())
+/// The application as Spin's `/.well-known/spin/info` describes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AppInfo {
+    pub name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
+
+/// Paths under this prefix are Spin's own, whatever the routes say.
+const WELL_KNOWN_PREFIX: &str = "/.well-known/spin/";
 
 /// How long in-flight requests may take to finish once shutdown begins.
 const DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -74,12 +78,14 @@ impl Default for ReadLimits {
 /// requests finish (up to [`DRAIN`]).
 pub async fn serve(
     listener: TcpListener,
-    routes: Vec<Route>,
+    routes: Router<Handler>,
+    app_info: AppInfo,
     exporter: Option<Arc<Exporter>>,
     limits: ReadLimits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     let routes = Arc::new(routes);
+    let app_info = Arc::new(app_info);
     let local = listener.local_addr()?;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -97,13 +103,17 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let routes = routes.clone();
+        let app_info = app_info.clone();
         let exporter = exporter.clone();
         let service = hyper::service::service_fn(move |req| {
             let routes = routes.clone();
+            let app_info = app_info.clone();
             let exporter = exporter.clone();
             async move {
                 let req = req.map(|body| TimedBody::new(body, limits.timeout));
-                Ok::<_, Infallible>(handle(&routes, exporter.as_deref(), req, peer, local).await)
+                Ok::<_, Infallible>(
+                    handle(&routes, &app_info, exporter.as_deref(), req, peer, local).await,
+                )
             }
         });
         let connection = http1::Builder::new()
@@ -153,7 +163,8 @@ fn request_authority<B>(
 }
 
 async fn handle(
-    routes: &[Route],
+    routes: &Router<Handler>,
+    app_info: &AppInfo,
     exporter: Option<&Exporter>,
     mut req: hyper::Request<TimedBody>,
     peer: SocketAddr,
@@ -164,11 +175,20 @@ async fn handle(
     if let Err(why) = request_authority(&req) {
         return plain(400, &format!("Bad Request: {why}"));
     }
-    let route = best_match(routes, &path);
+    if let Some(well_known) = path.strip_prefix(WELL_KNOWN_PREFIX) {
+        return match well_known {
+            "health" => plain(200, "OK"),
+            "info" => {
+                json(&serde_json::to_string_pretty(app_info).unwrap_or_else(|_| "{}".to_owned()))
+            }
+            _ => plain(404, ""),
+        };
+    }
+    let route = routes.route(&path);
     let mut server_span = match exporter {
         Some(exporter) => exporter.start(
             match &route {
-                Some((route, _)) => format!("{method} {}", route.raw),
+                Some(found) => format!("{method} {}", found.route.raw),
                 None => method.to_string(),
             },
             SpanKind::Server,
@@ -185,15 +205,18 @@ async fn handle(
         ),
         None => HostSpan::none(),
     };
-    let Some((route, path_info)) = route else {
+    let Some(found) = route else {
         server_span.set_attribute(KeyValue::new("http.response.status_code", 404));
-        return plain(404, "Not Found");
+        // Spin's 404 has no body.
+        return plain(404, "");
     };
     let started = std::time::Instant::now();
-    let component = route.component.id.clone();
-    server_span.set_attribute(KeyValue::new("http.route", route.raw.clone()));
+    let handler = &found.route.target;
+    let raw_route = found.route.raw.clone();
+    let component = handler.component.id.clone();
+    server_span.set_attribute(KeyValue::new("http.route", raw_route.clone()));
     server_span.set_attribute(KeyValue::new(COMPONENT_ATTRIBUTE, component.clone()));
-    add_spin_headers(&mut req, route, &path_info, peer, local);
+    add_spin_headers(&mut req, &found, peer, local);
     let execute_span = match exporter {
         Some(exporter) => exporter.start(
             format!("execute_wasm_component {component}"),
@@ -205,9 +228,9 @@ async fn handle(
     };
     // The log's span: everything the component does (host calls, its output) is
     // logged inside it.
-    let log_span = tracing::info_span!("http", component = %component, route = %route.raw);
-    let instance = route.component.instance(execute_span.span_context());
-    let response = match run(route, instance, req).instrument(log_span).await {
+    let log_span = tracing::info_span!("http", component = %component, route = %raw_route);
+    let instance = handler.component.instance(execute_span.span_context());
+    let response = match run(handler, instance, req).instrument(log_span).await {
         Ok(response) => response,
         Err(e) => {
             tracing::error!(component, "{method} {path}: component failed: {e:#}");
@@ -233,11 +256,11 @@ async fn handle(
     response
 }
 
-/// Spin's request headers, so components see what they would see under `spin up`.
+/// Spin's request headers, so components see what they would see under `spin up`;
+/// each replaces a header of the same name the client sent, as in Spin.
 fn add_spin_headers(
     req: &mut hyper::Request<TimedBody>,
-    route: &Route,
-    path_info: &str,
+    found: &RouteMatch<'_, Handler>,
     peer: SocketAddr,
     local: SocketAddr,
 ) {
@@ -246,23 +269,18 @@ fn add_spin_headers(
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
         .unwrap_or_else(|| local.to_string());
     let path_and_query = req
         .uri()
         .path_and_query()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let values = [
-        ("spin-full-url", format!("http://{host}{path_and_query}")),
-        ("spin-path-info", path_info.to_owned()),
-        ("spin-matched-route", route.raw.clone()),
-        ("spin-raw-component-route", route.raw.clone()),
-        ("spin-component-route", route.pattern.base().to_owned()),
-        ("spin-base-path", "/".to_owned()),
-        ("spin-client-addr", peer.to_string()),
-    ];
-    for (name, value) in values {
-        if let Ok(value) = hyper::header::HeaderValue::from_str(&value) {
+    for (name, value) in found.spin_headers("http", &host, &path_and_query, peer) {
+        if let (Ok(name), Ok(value)) = (
+            hyper::header::HeaderName::from_bytes(name.as_bytes()),
+            hyper::header::HeaderValue::from_str(&value),
+        ) {
             req.headers_mut().insert(name, value);
         }
     }
@@ -270,18 +288,18 @@ fn add_spin_headers(
 
 /// One request in a fresh instance.
 async fn run(
-    route: &Route,
+    handler: &Handler,
     instance: InstanceState,
     req: hyper::Request<TimedBody>,
 ) -> Result<hyper::Response<HyperOutgoingBody>> {
-    let mut store = Store::new(route.pre.engine(), instance);
+    let mut store = Store::new(handler.pre.engine(), instance);
     let (sender, receiver) = tokio::sync::oneshot::channel();
     let req = store
         .data_mut()
         .http()
         .new_incoming_request(Scheme::Http, req)?;
     let out = store.data_mut().http().new_response_outparam(sender)?;
-    let pre = route.pre.clone();
+    let pre = handler.pre.clone();
     // The guest may keep running (streaming the body) after it has set the response.
     let task = tokio::spawn(
         async move {
@@ -354,6 +372,15 @@ impl hyper::body::Body for TimedBody {
     fn size_hint(&self) -> hyper::body::SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn json(text: &str) -> hyper::Response<HyperOutgoingBody> {
+    let mut response = plain(200, text);
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 fn plain(status: u16, text: &str) -> hyper::Response<HyperOutgoingBody> {

@@ -1,0 +1,121 @@
+//! What Spin's conformance cases ask of a host, answered from inside a guest. Built for
+//! `wasm32-wasip1`, so it is a core module (with wit-bindgen's component-type section and
+//! `wasi_snapshot_preview1` imports) that the runner has to turn into a component.
+//!
+//! The request's `probe` header picks what it does:
+//! - none: answers the request's `spin-*` headers, in order, as JSON `[[name, value], ...]`
+//!   (duplicates would show), plus its path and query;
+//! - `kv-spin` / `kv-wasi`: opens the store named by the `label` header through
+//!   `fermyon:spin/key-value` or `wasi:keyvalue/store`, and answers `ok` (after a set and
+//!   get round trip) or the error's name;
+//! - `outbound`: GETs the `url` header with outbound `wasi:http` and answers
+//!   `status <code>: <body>` or `error: <ErrorCode>`.
+
+use spin_sdk::http::{IncomingRequest, Method, Request, Response};
+use spin_sdk::http_component;
+use spin_sdk::key_value::{Error as SpinKvError, Store};
+use spin_sdk::wit::wasi::keyvalue::store as wasi_store;
+
+#[http_component]
+async fn handle(request: IncomingRequest) -> Response {
+    let headers = request.headers().entries();
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    };
+    // Written through WASI preview 1's fd_write, which the adapter must carry to stdout.
+    println!(
+        "conformance-guest: {}",
+        request.path_with_query().unwrap_or_default()
+    );
+    let body = match header("probe").as_deref() {
+        None => spin_headers(&request, &headers),
+        Some("kv-spin") => open_spin_store(&header("label").unwrap_or_default()),
+        Some("kv-wasi") => open_wasi_bucket(&header("label").unwrap_or_default()),
+        Some("outbound") => outbound_get(header("url").unwrap_or_default()).await,
+        Some(other) => return text(400, format!("unknown probe {other:?}")),
+    };
+    text(200, body)
+}
+
+fn spin_headers(request: &IncomingRequest, headers: &[(String, Vec<u8>)]) -> String {
+    let spin: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(name, _)| name.to_ascii_lowercase().starts_with("spin-"))
+        .map(|(name, value)| {
+            (
+                name.to_ascii_lowercase(),
+                String::from_utf8_lossy(value).into_owned(),
+            )
+        })
+        .collect();
+    serde_json::json!({
+        "path_with_query": request.path_with_query(),
+        "spin_headers": spin,
+    })
+    .to_string()
+}
+
+fn open_spin_store(label: &str) -> String {
+    match Store::open(label) {
+        Ok(store) => round_trip(
+            store
+                .set("conformance", b"spin")
+                .map_err(|e| format!("{e:?}")),
+            store.get("conformance").map_err(|e| format!("{e:?}")),
+            b"spin",
+        ),
+        Err(SpinKvError::AccessDenied) => "access-denied".to_owned(),
+        Err(SpinKvError::NoSuchStore) => "no-such-store".to_owned(),
+        Err(other) => format!("{other:?}"),
+    }
+}
+
+fn open_wasi_bucket(label: &str) -> String {
+    match wasi_store::open(label) {
+        Ok(bucket) => round_trip(
+            bucket
+                .set("conformance", b"wasi")
+                .map_err(|e| format!("{e:?}")),
+            bucket.get("conformance").map_err(|e| format!("{e:?}")),
+            b"wasi",
+        ),
+        Err(wasi_store::Error::AccessDenied) => "access-denied".to_owned(),
+        Err(wasi_store::Error::NoSuchStore) => "no-such-store".to_owned(),
+        Err(other) => format!("{other:?}"),
+    }
+}
+
+fn round_trip(
+    set: Result<(), String>,
+    get: Result<Option<Vec<u8>>, String>,
+    expected: &[u8],
+) -> String {
+    match (set, get) {
+        (Ok(()), Ok(Some(value))) if value == expected => "ok".to_owned(),
+        (set, get) => format!("opened, but set gave {set:?} and get gave {get:?}"),
+    }
+}
+
+async fn outbound_get(url: String) -> String {
+    let request = Request::builder().method(Method::Get).uri(url).build();
+    match spin_sdk::http::send::<_, Response>(request).await {
+        Ok(response) => format!(
+            "status {}: {}",
+            response.status(),
+            String::from_utf8_lossy(response.body())
+        ),
+        Err(spin_sdk::http::SendError::Http(code)) => format!("error: {code:?}"),
+        Err(other) => format!("error: {other}"),
+    }
+}
+
+fn text(status: u16, body: String) -> Response {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(body)
+        .build()
+}
