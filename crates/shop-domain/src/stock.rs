@@ -95,6 +95,10 @@ fn seed(kv: &impl KeyValue, product: &Product) -> Result<Seeding, StoreError> {
     Ok(Seeding::InProgress)
 }
 
+/// How many times a line is tried while a fresh read shows enough units (others taking
+/// and giving back the last units at the same time).
+const RESERVE_ATTEMPTS: usize = 3;
+
 /// How many times a caller that lost the seed claim reads the seeded marker before it
 /// gives up (the winner may have died between its claim and its marker).
 const SEED_WAIT_READS: usize = 200;
@@ -235,10 +239,11 @@ fn reserve_line(
     }
     let qty = i64::from(line.quantity);
     let stock_key = keys::stock(&line.sku);
-    // Take first, ask later: only a short counter can mean the SKU was never seeded,
-    // and then it is seeded and taken again, once.
-    let mut seeded_now = false;
-    loop {
+    // Take first, ask later: only a short counter can mean the SKU was never seeded (it
+    // is then seeded, and taken again). A decrement that raced the first seeding, or a
+    // restock, may have seen the counter short although it no longer is: the line is
+    // refused only if a fresh read still shows too few units.
+    for attempt in 1.. {
         let left = kv
             .increment(&stock_key, -qty)
             .map_err(LineFailure::Unsure)?;
@@ -247,24 +252,24 @@ fn reserve_line(
         }
         kv.increment(&stock_key, qty).map_err(LineFailure::Unsure)?;
         let seeding = match crate::catalogue::find(&line.sku) {
-            Some(product) if !seeded_now => seed(kv, product)?,
-            _ => Seeding::Already,
+            Some(product) => seed(kv, product)?,
+            None => Seeding::Already,
         };
-        match seeding {
-            Seeding::Now => seeded_now = true,
-            Seeding::Already => {
-                return Err(LineFailure::Refused(StockError::OutOfStock {
-                    line: index,
-                    sku: line.sku.clone(),
-                    requested: line.quantity,
-                    available: (left + qty).max(0),
-                }))
-            }
+        let available = match seeding {
             Seeding::InProgress => {
                 return Err(LineFailure::Refused(StockError::NotSeeded {
                     sku: line.sku.clone(),
                 }))
             }
+            Seeding::Now | Seeding::Already => kv.counter(&stock_key)?.max(0),
+        };
+        if available < qty || attempt == RESERVE_ATTEMPTS {
+            return Err(LineFailure::Refused(StockError::OutOfStock {
+                line: index,
+                sku: line.sku.clone(),
+                requested: line.quantity,
+                available,
+            }));
         }
     }
     kv.set(
@@ -664,6 +669,45 @@ mod tests {
             // The order's units come back on top of the level set.
             release(&kv, "o1", &[line("SPIN-MUG", 2)]).unwrap();
             assert_eq!(available(&kv, mug).unwrap(), 2);
+        }
+    }
+
+    /// A store where another caller seeds `sku` right after this caller's first
+    /// decrement came back short (it saw the counter before the seeding).
+    struct SeededMeanwhile<'a> {
+        inner: &'a MemoryStore,
+        sku: &'static str,
+        done: std::cell::Cell<bool>,
+    }
+
+    impl KeyValue for SeededMeanwhile<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.inner.set(key, value)
+        }
+        fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+            let value = self.inner.increment(key, delta)?;
+            if key == keys::stock(self.sku) && value < 0 && !self.done.replace(true) {
+                let product = crate::catalogue::find(self.sku).unwrap();
+                assert!(ensure_seeded(self.inner, product).unwrap());
+            }
+            Ok(value)
+        }
+    }
+
+    #[test]
+    fn a_first_order_racing_the_first_seeding_is_not_refused() {
+        for enc in ENCODINGS {
+            let kv = MemoryStore::new(enc);
+            let racing = SeededMeanwhile {
+                inner: &kv,
+                sku: "SPIN-MUG",
+                done: std::cell::Cell::new(false),
+            };
+            reserve(&racing, "o1", &[line("SPIN-MUG", 2)]).unwrap();
+            assert_eq!(stock_of(&kv, "SPIN-MUG"), 98);
         }
     }
 
