@@ -223,7 +223,7 @@ fn publish_to_subscribers(address: &str, channel: &str, payload: &[u8]) -> Resul
 impl Publisher for RedisPublisher {
     fn publish(&self, mut event: OrderPlaced) -> Result<(), String> {
         let channel =
-            shop_domain::event::order_channel(&self.base_channel, &event.order_id, self.shards);
+            shop_domain::event::order_channel(&self.base_channel, event.sequence, self.shards);
         let current = Context::current();
         let order_trace = telemetry::remote_parent(event.traceparent.as_deref(), None);
         let (parent, link) = if order_trace.has_active_span() {

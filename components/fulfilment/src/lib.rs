@@ -2,9 +2,16 @@
 //! `shop_domain::fulfilment` describes: claim the order for the event's epoch, settle the
 //! payment, send the email under the order's mail lease.
 //!
+//! Spin hands a subscriber its messages one at a time, so a handler also takes on the
+//! orders of its shard already waiting behind its own (up to `fulfilment_batch`) and
+//! fulfils them together with it: their mail requests are in flight at once, and their
+//! own events, when they come, are no-ops.
+//!
 //! Each message is one `CONSUMER` span, `process order.placed`, in the trace the event
 //! carries (the checkout request's, or the order's for a redrive), with a span per step
-//! and per mail attempt. A message that changes nothing is still traced, as a no-op.
+//! and per mail attempt. A message that changes nothing is still traced, as a no-op. An
+//! order taken on ahead of its event gets a span `fulfil order (ahead of its event)` in
+//! its own trace, linked to the message that took it on.
 //!
 //! The handler returns an error only when the key-value store fails; Spin merely logs it
 //! (there is no redelivery), and `POST /api/admin/redrive` picks the order up later.
@@ -23,26 +30,28 @@ use shop_domain::mail::{MailConfig, RetryPolicy};
 use spin_sdk::redis_component;
 
 const SPAN_NAME: &str = "process order.placed";
+/// The span of an order this handler took on ahead of its event.
+const AHEAD_SPAN_NAME: &str = "fulfil order (ahead of its event)";
+/// At most this many orders waiting behind its own a handler takes on.
+const MAX_BATCH: usize = 64;
 
 #[redis_component]
 async fn on_message(message: Bytes) -> anyhow::Result<()> {
     let _tracing = telemetry::start();
+    let settings = settings();
     // The event's own context when it has one; otherwise a new trace.
-    let decoded = event::decode(&message);
+    let decoded = event::decode(&message).ok();
     let parent = match &decoded {
-        Ok(event) => {
+        Some(event) => {
             telemetry::remote_parent(event.traceparent.as_deref(), event.tracestate.as_deref())
         }
-        Err(_) => Context::new(),
+        None => Context::new(),
     };
     // Spin hands over the payload, not the channel: the order's shard names it.
     let base_channel = variable("orders_channel").unwrap_or_default();
-    let channel = match (
-        &decoded,
-        variable("order_shards").map(|s| event::parse_shards(&s)),
-    ) {
-        (Ok(event), Ok(Ok(shards))) => event::order_channel(&base_channel, &event.order_id, shards),
-        _ => base_channel,
+    let channel = match &decoded {
+        Some(event) => event::order_channel(&base_channel, event.sequence, settings.shards),
+        None => base_channel,
     };
     let tracer = telemetry::tracer("fulfilment");
     let mut span = tracer
@@ -61,10 +70,97 @@ async fn on_message(message: Bytes) -> anyhow::Result<()> {
         span = span.with_links(vec![Link::with_context(host)]);
     }
     let cx = parent.with_span(span.start_with_context(&tracer, &parent));
+    if let Some(event) = &decoded {
+        cx.span().set_attributes([
+            Attribute::new("messaging.message.id", event.event_id.clone()),
+            Attribute::new("shop.order.id", event.order_id.clone()),
+            Attribute::new("shop.fulfilment.epoch", event.epoch as i64),
+        ]);
+    }
 
-    let result = handle(&message).with_context(cx.clone()).await;
+    let kv = match ShopStore::open() {
+        Ok(kv) => kv,
+        Err(e) => {
+            telemetry::fail(&cx, e.to_string());
+            return Err(e.into());
+        }
+    };
+    // This message's order, and those already waiting behind it on its shard, at once:
+    // their mail requests are in flight together.
+    let steps = Steps::new("fulfilment");
+    let own = fulfilment::process(
+        &kv,
+        &SpinEnv,
+        &steps,
+        &mailer::HttpMailer,
+        &message,
+        &settings,
+    )
+    .with_context(cx.clone());
+    let ahead = take_on_waiting(&kv, decoded.as_ref(), &settings, &cx);
+    let (result, ()) = futures::join!(own, ahead);
+    report(&cx, &result);
+    result.map(drop).map_err(Into::into)
+}
+
+/// Claims the orders waiting behind `event`'s on its shard and fulfils them together,
+/// each in its own trace (the order's, from its record), linked to this message.
+async fn take_on_waiting(
+    kv: &ShopStore,
+    event: Option<&event::OrderPlaced>,
+    settings: &Settings,
+    consumer: &Context,
+) {
+    let Some(event) = event else {
+        return;
+    };
+    let waiting = match fulfilment::claim_waiting(kv, &SpinEnv, event.sequence, settings) {
+        Ok(waiting) => waiting,
+        Err(e) => {
+            // Nothing claimed is lost: each waits for its own event, or redrive.
+            eprintln!("fulfilment: looking for waiting orders: {e}");
+            return;
+        }
+    };
+    if waiting.is_empty() {
+        return;
+    }
+    consumer.span().set_attribute(Attribute::new(
+        "shop.fulfilment.taken_on",
+        waiting.len() as i64,
+    ));
+    let tracer = telemetry::tracer("fulfilment");
+    let runs = waiting.into_iter().map(|claimed| {
+        let parent = telemetry::remote_parent(claimed.order.traceparent.as_deref(), None);
+        let span = tracer
+            .span_builder(AHEAD_SPAN_NAME)
+            .with_attributes([
+                Attribute::new("shop.order.id", claimed.order.id.clone()),
+                Attribute::new("shop.fulfilment.epoch", claimed.epoch as i64),
+                Attribute::new("shop.fulfilment.ahead", true),
+            ])
+            .with_links(vec![Link::with_context(
+                consumer.span().span_context().clone(),
+            )])
+            .start_with_context(&tracer, &parent);
+        let cx = parent.with_span(span);
+        async move {
+            let steps = Steps::new("fulfilment");
+            let result =
+                fulfilment::fulfil(kv, &SpinEnv, &steps, &mailer::HttpMailer, claimed, settings)
+                    .with_context(cx.clone())
+                    .await;
+            report(&cx, &result);
+        }
+    });
+    futures::future::join_all(runs).await;
+}
+
+/// Logs what handling came to and marks the span: a no-op by name and attribute, a
+/// failure by status.
+fn report(cx: &Context, result: &Result<Outcome, shop_domain::store::StoreError>) {
     let span = cx.span();
-    match &result {
+    match result {
         Ok(Outcome::NoOp { reason }) => {
             eprintln!("fulfilment: {reason}");
             span.update_name(format!("{SPAN_NAME} (no-op)"));
@@ -84,39 +180,34 @@ async fn on_message(message: Bytes) -> anyhow::Result<()> {
             }
             if let Some(failure) = outcome.failure() {
                 eprintln!("fulfilment: {failure}");
-                telemetry::fail(&cx, failure);
+                telemetry::fail(cx, failure);
             }
         }
-        Err(e) => telemetry::fail(&cx, format!("{e:#}")),
+        Err(e) => telemetry::fail(cx, format!("{e:#}")),
     }
-    result.map(drop)
 }
 
-async fn handle(message: &[u8]) -> anyhow::Result<Outcome> {
-    if let Ok(event) = event::decode(message) {
-        Context::current().span().set_attributes([
-            Attribute::new("messaging.message.id", event.event_id.clone()),
-            Attribute::new("shop.order.id", event.order_id.clone()),
-            Attribute::new("shop.fulfilment.epoch", event.epoch as i64),
-        ]);
-    }
-    let kv = ShopStore::open()?;
-    let settings = Settings {
+/// The handler's settings, from the component's variables.
+fn settings() -> Settings {
+    let shards = variable("order_shards")
+        .and_then(|s| event::parse_shards(&s))
+        .unwrap_or_else(|e| {
+            eprintln!("fulfilment: {e}; taking 1");
+            1
+        });
+    let batch = variable("fulfilment_batch")
+        .ok()
+        .and_then(|s| s.trim().parse::<usize>().ok())
+        .unwrap_or(0)
+        .min(MAX_BATCH);
+    Settings {
         mail: mail_config(),
         retry: RetryPolicy::default(),
         mail_lease_secs: seconds_variable("mail_lease_seconds", 90),
         store_budget: Budget::default(),
-    };
-    let outcome = fulfilment::process(
-        &kv,
-        &SpinEnv,
-        &Steps::new("fulfilment"),
-        &mailer::HttpMailer,
-        message,
-        &settings,
-    )
-    .await?;
-    Ok(outcome)
+        shards,
+        batch,
+    }
 }
 
 fn mail_config() -> Result<MailConfig, String> {

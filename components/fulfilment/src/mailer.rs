@@ -5,13 +5,20 @@
 //! subscriber, which handles one message at a time, for ever. The request is made with
 //! `wasi:http/outgoing-handler` directly, with connect and first-byte timeouts (Spin and
 //! the project's runner both honour them).
+//!
+//! Waiting for the answer yields to spin-sdk's executor (the same `spin-executor` the SDK
+//! awaits its own requests with), so that the handler's other orders (see `lib.rs`) send
+//! theirs meanwhile: several requests in flight in one instance.
 
 use shop_domain::mail::MailRequest;
 use shop_domain::ports::{MailAnswer, Mailer, SendFailure};
+use std::task::Poll;
 use wasi::http::outgoing_handler;
+
+use spin_executor::CancelOnDropToken;
 use wasi::http::types::{
-    ErrorCode, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions,
-    Scheme,
+    ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody,
+    OutgoingRequest, RequestOptions, Scheme,
 };
 
 const CONNECT_TIMEOUT_NS: u64 = 5_000_000_000;
@@ -24,11 +31,11 @@ pub struct HttpMailer;
 
 impl Mailer for HttpMailer {
     async fn send(&self, request: &MailRequest) -> Result<MailAnswer, SendFailure> {
-        send(request)
+        send(request).await
     }
 }
 
-fn send(request: &MailRequest) -> Result<MailAnswer, SendFailure> {
+async fn send(request: &MailRequest) -> Result<MailAnswer, SendFailure> {
     let transport = |what: &str, e: String| {
         SendFailure::Transport(format!("request to {} failed: {what}: {e}", request.url))
     };
@@ -46,16 +53,31 @@ fn send(request: &MailRequest) -> Result<MailAnswer, SendFailure> {
     // A host that refuses the request drops its body: the write then fails, and the
     // response says why. Either way the handler waits for it (it has nothing else to do).
     let written = write_body(body, &request.body);
-    pending.subscribe().block();
-    let response = match pending.get() {
-        Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(e))) => return Err(refused(request, e)),
-        Some(Err(())) | None => {
-            return Err(transport("no response", "the host lost it".into()));
-        }
+    let response = match answer(&pending).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => return Err(refused(request, e)),
+        Err(()) => return Err(transport("no response", "the host lost it".into())),
     };
     written.map_err(|e| transport("writing the body", e))?;
     read_answer(response).map_err(|e| transport("reading the answer", e))
+}
+
+/// The response, once the host has it: until then the executor polls the others.
+async fn answer(
+    pending: &FutureIncomingResponse,
+) -> Result<Result<IncomingResponse, ErrorCode>, ()> {
+    // Dropped with the future: a request abandoned half-way unregisters its pollable.
+    let mut _registered: Option<CancelOnDropToken> = None;
+    std::future::poll_fn(|cx| match pending.get() {
+        Some(answer) => Poll::Ready(answer),
+        None => {
+            let token =
+                spin_executor::push_waker_and_get_token(pending.subscribe(), cx.waker().clone());
+            _registered = Some(token.into());
+            Poll::Pending
+        }
+    })
+    .await
 }
 
 /// A host refusal (`HttpRequestDenied`: not in `allowed_outbound_hosts`) is for good;

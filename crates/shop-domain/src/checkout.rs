@@ -231,7 +231,7 @@ fn adopt<K: KeyValue, E: Environment, P: Publisher>(
         Some(draft) if draft.id == previous.id => match records::settle_draft(kv, &draft)? {
             Fate::Recorded(order) => Ok(Some(order.id)),
             Fate::Completed(order) => {
-                publish_placed(kv, env, publisher, &order.id);
+                publish_placed(kv, env, publisher, &order);
                 Ok(Some(order.id))
             }
             Fate::GivenUp { .. } => Ok(None),
@@ -246,16 +246,17 @@ fn publish_placed<E: Environment, P: Publisher>(
     kv: &impl KeyValue,
     env: &E,
     publisher: &P,
-    order_id: &str,
+    order: &Order,
 ) {
-    let event = OrderPlaced::new(
+    let mut event = OrderPlaced::new(
         new_event_id(env.random()),
-        order_id.to_owned(),
+        order.id.clone(),
         0,
         timestamp(env.now()),
     );
+    event.sequence = order.sequence;
     if publisher.publish(event).is_ok() {
-        let _ = kv.increment(&keys::order_published(order_id), 1);
+        let _ = kv.increment(&keys::order_published(&order.id), 1);
     }
 }
 
@@ -446,7 +447,7 @@ where
 
     // Recorded: whatever happens to the event, the answer is "accepted". An unpublished
     // order is found and republished by redrive.
-    publish_placed(kv, env, publisher, &order.id);
+    publish_placed(kv, env, publisher, &order);
     Ok(accepted(&order.id))
 }
 
@@ -496,6 +497,7 @@ where
             epoch,
             timestamp(env.now()),
         );
+        event.sequence = order.sequence;
         event.traceparent = order.traceparent.clone();
         let result = publisher.publish(event);
         if result.is_ok() {

@@ -5,11 +5,15 @@
 //!
 //! ```json
 //! {"schema_version":1,"type":"order.placed","event_id":"evt_…","order_id":"ord_…",
-//!  "epoch":0,"occurred_at":"2026-11-24T10:00:00Z","traceparent":"00-…-…-01","tracestate":null}
+//!  "sequence":42,"epoch":0,"occurred_at":"2026-11-24T10:00:00Z",
+//!  "traceparent":"00-…-…-01","tracestate":null}
 //! ```
 //!
 //! `epoch` is 0 when checkout publishes and grows with each redrive, so a redrive can take
 //! over an order whose earlier handler died while holding the claim for its epoch.
+//! `sequence` is the order's number ([`crate::records`]): it picks the order's shard of
+//! the channel, and tells fulfilment where the next orders of that shard are. It was
+//! added within version 1 (an event without it reads as 0, no order's number).
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +29,8 @@ pub struct OrderPlaced {
     pub kind: String,
     pub event_id: String,
     pub order_id: String,
+    #[serde(default)]
+    pub sequence: i64,
     pub epoch: u64,
     pub occurred_at: String,
     pub traceparent: Option<String>,
@@ -38,6 +44,7 @@ impl OrderPlaced {
             kind: ORDER_PLACED.to_owned(),
             event_id,
             order_id,
+            sequence: 0,
             epoch,
             occurred_at,
             traceparent: None,
@@ -53,24 +60,20 @@ impl OrderPlaced {
 /// The most shards the order channel may be split into.
 pub const MAX_SHARDS: u32 = 256;
 
-/// The shard of `order_id` among `shards` (FNV-1a of the id: stable across builds and
-/// hosts, and spread evenly by the ids' random bits).
-pub fn shard(order_id: &str, shards: u32) -> u32 {
-    let hash = order_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-    (hash % u64::from(shards.clamp(1, MAX_SHARDS))) as u32
+/// The shard of the order numbered `sequence` among `shards`: consecutive orders take
+/// the shards in turn, so they spread evenly, and the next order of a shard is
+/// `shards` numbers on.
+pub fn shard(sequence: i64, shards: u32) -> u32 {
+    sequence.rem_euclid(i64::from(shards.clamp(1, MAX_SHARDS))) as u32
 }
 
-/// The channel every event of `order_id` goes to: `<base>.<shard>`. Spin's Redis
-/// trigger handles one subscriber's messages one at a time, so the stream is split over
-/// `shards` channels, each with a subscriber of its own (`spin.toml` lists one trigger
-/// per shard), which Spin runs concurrently; one order's events stay on one channel, in
-/// order.
-pub fn order_channel(base: &str, order_id: &str, shards: u32) -> String {
-    format!("{base}.{}", shard(order_id, shards))
+/// The channel every event of the order numbered `sequence` goes to: `<base>.<shard>`.
+/// Spin's Redis trigger handles one subscriber's messages one at a time, so the stream
+/// is split over `shards` channels, each with a subscriber of its own (`spin.toml` lists
+/// one trigger per shard), which Spin runs concurrently; one order's events stay on one
+/// channel, in order.
+pub fn order_channel(base: &str, sequence: i64, shards: u32) -> String {
+    format!("{base}.{}", shard(sequence, shards))
 }
 
 /// Parses the `order_shards` setting: an integer from 1 to [`MAX_SHARDS`].
@@ -164,25 +167,22 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn orders_spread_evenly_over_the_shards_and_stay_on_theirs() {
-        let mut counts = [0u32; 16];
-        for i in 0..16_000u32 {
-            let mut random = [0u8; 16];
-            random[..4].copy_from_slice(&i.to_le_bytes());
-            random[4..8].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
-            let id = new_order_id(random);
-            let channel = order_channel("shop.orders.placed", &id, 16);
-            assert_eq!(channel, order_channel("shop.orders.placed", &id, 16));
-            let shard: usize = channel.rsplit('.').next().unwrap().parse().unwrap();
-            counts[shard] += 1;
-        }
-        // 1,000 expected per shard.
-        assert!(
-            counts.iter().all(|&n| (850..=1150).contains(&n)),
-            "{counts:?}"
-        );
-        assert_eq!(order_channel("c", "ord_x", 1), "c.0");
-        assert_eq!(order_channel("c", "ord_x", 0), "c.0");
+    fn consecutive_orders_take_the_shards_in_turn() {
+        let channels: Vec<String> = (1..=5).map(|seq| order_channel("c", seq, 4)).collect();
+        assert_eq!(channels, ["c.1", "c.2", "c.3", "c.0", "c.1"]);
+        assert_eq!(shard(17, 16), shard(17 + 16, 16));
+        assert_eq!(order_channel("c", 7, 1), "c.0");
+        assert_eq!(order_channel("c", 7, 0), "c.0");
+        // An event from before `sequence` existed.
+        assert_eq!(order_channel("c", 0, 16), "c.0");
+    }
+
+    #[test]
+    fn an_event_without_a_sequence_reads_as_zero() {
+        let mut json: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        json.as_object_mut().unwrap().remove("sequence");
+        let event = decode(json.to_string().as_bytes()).unwrap();
+        assert_eq!(event.sequence, 0);
     }
 
     #[test]
@@ -204,6 +204,7 @@ mod tests {
             0,
             "2026-11-24T10:00:00Z".into(),
         );
+        e.sequence = 42;
         e.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         e
     }

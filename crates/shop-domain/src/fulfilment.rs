@@ -15,6 +15,13 @@
 //! What is left: a send whose answer was lost (sent, then the handler died before
 //! recording it) is sent again when redrive takes over after the lease; only providers
 //! with an idempotency key (Resend) drop that second copy.
+//!
+//! Spin gives a subscriber its messages one at a time, so a handler waiting on the mail
+//! API holds up the orders behind it on its shard. So a handler also takes on, under
+//! claims of their own, the orders of its shard already waiting behind its own
+//! ([`claim_waiting`]: up to `batch`), and the caller fulfils them all at once, their
+//! mail requests in flight together ([`fulfil`]). Their own events, when they come, find
+//! them claimed: no-ops. Every guarantee above holds, as it does for replicas.
 
 use crate::durable::{Budget, Durable};
 use crate::event::{self, DecodeError};
@@ -36,6 +43,12 @@ pub struct Settings {
     /// than all its attempts and backoff can take.
     pub mail_lease_secs: i64,
     pub store_budget: Budget,
+    /// How many shards the order channel has (`order_shards`): the next order of a
+    /// shard is this many numbers on.
+    pub shards: u32,
+    /// At most this many waiting orders of its shard a handler takes on besides its own
+    /// (`fulfilment_batch`; 0: none).
+    pub batch: usize,
 }
 
 /// What handling a message came to.
@@ -97,7 +110,7 @@ where
         step.fail(&e.to_string());
     }
     drop(step);
-    let Some(mut order) = loaded? else {
+    let Some(order) = loaded? else {
         return dead_letter(
             kv,
             env,
@@ -117,12 +130,93 @@ where
     if !claimed? {
         return Ok(Outcome::NoOp {
             reason: format!(
-                "{id} epoch {} already claimed; duplicate ignored",
+                "{id} epoch {} already claimed (a duplicate, another replica, or taken on \
+                 ahead of its event); ignored",
                 event.epoch
             ),
         });
     }
+    complete(kv, env, trace, mailer, order, settings).await
+}
 
+/// An order of the shard claimed by this handler ahead of its event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub order: Order,
+    pub epoch: u64,
+}
+
+/// Claims the orders waiting behind the order numbered `sequence` on its shard, at
+/// most `settings.batch`: recorded, unfinished, and nobody's yet. Stops at the first
+/// that is not (not numbered yet, still being placed, finished or claimed: whoever
+/// has it takes on the ones behind it), so with nothing waiting it costs one read.
+pub fn claim_waiting<K: KeyValue, E: Environment>(
+    kv: &K,
+    env: &E,
+    sequence: i64,
+    settings: &Settings,
+) -> Result<Vec<Claimed>, StoreError> {
+    let kv = &Durable::new(kv, env, settings.store_budget);
+    let stride = i64::from(settings.shards.max(1));
+    let mut claimed = Vec::new();
+    if sequence <= 0 {
+        return Ok(claimed);
+    }
+    let mut next = sequence + stride;
+    while claimed.len() < settings.batch {
+        let Some(draft) = records::load_draft(kv, next)? else {
+            break;
+        };
+        let Some(order) = records::load_order(kv, &draft.id)? else {
+            break;
+        };
+        if order.is_finished() {
+            break;
+        }
+        let epoch = kv.counter(&keys::fulfilment_epoch(&order.id))?.max(0) as u64;
+        if !kv.claim(&keys::fulfilment_claim(&order.id, epoch))? {
+            break;
+        }
+        claimed.push(Claimed { order, epoch });
+        next += stride;
+    }
+    Ok(claimed)
+}
+
+/// Fulfils an order claimed by [`claim_waiting`], as its own event would have.
+pub async fn fulfil<K, E, T, M>(
+    kv: &K,
+    env: &E,
+    trace: &T,
+    mailer: &M,
+    claimed: Claimed,
+    settings: &Settings,
+) -> Result<Outcome, StoreError>
+where
+    K: KeyValue,
+    E: Environment,
+    T: Trace,
+    M: Mailer,
+{
+    let kv = &Durable::new(kv, env, settings.store_budget);
+    complete(kv, env, trace, mailer, claimed.order, settings).await
+}
+
+/// Settles a claimed order and sends its email.
+async fn complete<K, E, T, M>(
+    kv: &K,
+    env: &E,
+    trace: &T,
+    mailer: &M,
+    mut order: Order,
+    settings: &Settings,
+) -> Result<Outcome, StoreError>
+where
+    K: KeyValue,
+    E: Environment,
+    T: Trace,
+    M: Mailer,
+{
     settle(kv, env, trace, &mut order)?;
     if !order.notification.is_terminal() {
         notify(kv, env, trace, mailer, &mut order, settings).await?;
@@ -168,9 +262,8 @@ fn settle(
         OrderEvent::Confirmed
     };
     drop(step);
-    order.apply(&event, &crate::checkout::timestamp(env.now()));
     let _step = trace.step("record order status");
-    records::save_order(kv, order)
+    records::apply_to_stored(kv, order, &event, &crate::checkout::timestamp(env.now())).map(drop)
 }
 
 /// Sends the email, retrying transient failures with backoff inside this handler.
@@ -328,11 +421,8 @@ fn record(
     order: &mut Order,
     event: OrderEvent,
 ) -> Result<(), StoreError> {
-    if order.apply(&event, &crate::checkout::timestamp(env.now())) {
-        let _step = trace.step("record notification");
-        records::save_order(kv, order)?;
-    }
-    Ok(())
+    let _step = trace.step("record notification");
+    records::apply_to_stored(kv, order, &event, &crate::checkout::timestamp(env.now())).map(drop)
 }
 
 fn status_word(order: &Order) -> &'static str {

@@ -32,6 +32,28 @@ pub fn save_order(kv: &impl KeyValue, order: &Order) -> Result<(), StoreError> {
     kv.set(&keys::order(&order.id), &order.to_json())
 }
 
+/// Applies `event` to the order as stored now (not to a copy read earlier) and stores
+/// the result if it changed; `order` becomes that record. Handlers of different epochs
+/// (a redrive overlapping a slow handler) may work on one order at once: writing an
+/// earlier copy back would undo what the other recorded meanwhile (an email sent
+/// becoming pending again, for ever). States only move forward, so applying to the
+/// freshest record leaves only the read and the write a store call apart to race.
+pub fn apply_to_stored(
+    kv: &impl KeyValue,
+    order: &mut Order,
+    event: &crate::order::OrderEvent,
+    at: &str,
+) -> Result<bool, StoreError> {
+    if let Some(stored) = load_order(kv, &order.id)? {
+        *order = stored;
+    }
+    if !order.apply(event, at) {
+        return Ok(false);
+    }
+    save_order(kv, order)?;
+    Ok(true)
+}
+
 /// `orders:at:<n>`: the draft of order number `n`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Draft {

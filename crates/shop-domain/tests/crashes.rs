@@ -176,6 +176,8 @@ fn fulfilment_settings() -> fulfilment::Settings {
         retry: RetryPolicy::default(),
         mail_lease_secs: 60,
         store_budget: Budget::default(),
+        shards: 1,
+        batch: 0,
     }
 }
 
@@ -552,4 +554,191 @@ fn a_placement_whose_store_fails_once_is_answered_truthfully_by_its_retries() {
             }
         }
     }
+}
+
+/// `count` orders of one SPIN-MUG each (SPIN-MUG starts with plenty), each with its own
+/// key; their events, oldest first.
+fn place_mugs(kv: &impl KeyValue, world: &World, count: usize) -> Vec<OrderPlaced> {
+    let channel = Channel::default();
+    for i in 0..count {
+        let body = serde_json::json!({
+            "email": "ada@example.com",
+            "items": [{"sku": "SPIN-MUG", "quantity": 1}],
+            "card": {"number": "4242 4242 4242 4242", "expiry": "12/39", "cvc": "123"}
+        })
+        .to_string();
+        let key = format!("mug-{i}");
+        let today = world.now().date_naive();
+        let placement = checkout::validate(body.as_bytes(), Some(key.as_bytes()), today).unwrap();
+        let answer = checkout::place(
+            kv,
+            world,
+            &NoTrace,
+            &channel,
+            placement,
+            TraceIds::default(),
+            &settings(),
+        )
+        .unwrap();
+        assert_eq!(answer.status, 202);
+    }
+    channel.0.take()
+}
+
+/// What the fulfilment component does with a message: its own order, then the orders
+/// waiting behind it on its shard (one shard here: every later order).
+fn handle_with_batch(
+    kv: &impl KeyValue,
+    world: &World,
+    inbox: &Inbox,
+    event: &OrderPlaced,
+    settings: &fulfilment::Settings,
+) {
+    let _ = futures::executor::block_on(fulfilment::process(
+        kv,
+        world,
+        &NoTrace,
+        inbox,
+        &event.to_json(),
+        settings,
+    ));
+    if let Ok(waiting) = fulfilment::claim_waiting(kv, world, event.sequence, settings) {
+        for claimed in waiting {
+            let _ = futures::executor::block_on(fulfilment::fulfil(
+                kv, world, &NoTrace, inbox, claimed, settings,
+            ));
+        }
+    }
+}
+
+fn emails_about(inbox: &Inbox, order_id: &str) -> usize {
+    inbox
+        .0
+        .borrow()
+        .iter()
+        .filter(|subject| subject.contains(order_id))
+        .count()
+}
+
+#[test]
+fn a_handler_takes_on_the_orders_waiting_behind_its_own_and_their_events_are_no_ops() {
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let inbox = Inbox::default();
+    let events = place_mugs(&kv, &world, 4);
+    let mut batched = fulfilment_settings();
+    batched.batch = 2;
+    handle_with_batch(&kv, &world, &inbox, &events[0], &batched);
+    // Its own order and the two behind it; the fourth waits for its event.
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(
+            emails_about(&inbox, &event.order_id),
+            usize::from(i < 3),
+            "{i}"
+        );
+    }
+    for event in &events[1..3] {
+        let outcome = futures::executor::block_on(fulfilment::process(
+            &kv,
+            &world,
+            &NoTrace,
+            &inbox,
+            &event.to_json(),
+            &batched,
+        ))
+        .unwrap();
+        assert!(matches!(outcome, Outcome::NoOp { .. }), "{outcome:?}");
+    }
+    // The fourth's own handler has nothing behind it: one read, nothing claimed.
+    handle_with_batch(&kv, &world, &inbox, &events[3], &batched);
+    assert_eq!(inbox.0.borrow().len(), 4);
+    assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 4);
+}
+
+#[test]
+fn a_handler_taking_on_waiting_orders_killed_anywhere_is_taken_over_by_redrive() {
+    for death in [Death::Before, Death::After] {
+        for crash_at in 0..80 {
+            let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+            let world = World::new();
+            let inbox = Inbox::default();
+            let events = place_mugs(&kv, &world, 3);
+            let dying = Dying {
+                inner: &kv,
+                crash_at,
+                death,
+                ops: Cell::new(0),
+                fatal: Cell::new(None),
+                recovers: false,
+            };
+            let mut batched = fulfilment_settings();
+            batched.batch = 8;
+            batched.store_budget.total_ms = 0;
+            handle_with_batch(&dying, &world, &inbox, &events[0], &batched);
+            let sent_before_dying: Vec<bool> = events
+                .iter()
+                .map(|e| emails_about(&inbox, &e.order_id) > 0)
+                .collect();
+            // The other events were delivered meanwhile; then redrive takes over.
+            let channel = Channel::default();
+            channel.0.borrow_mut().extend(events[1..].iter().cloned());
+            world.pass(120);
+            drain(&kv, &world, &channel, &inbox);
+            for (event, sent) in events.iter().zip(&sent_before_dying) {
+                let order = records::load_order(&kv, &event.order_id).unwrap().unwrap();
+                assert!(
+                    order.is_finished(),
+                    "dying at {crash_at} ({death:?}): {order:?}"
+                );
+                let emails = emails_about(&inbox, &event.order_id);
+                if *sent {
+                    // Its answer may have died with the handler: redrive sends again.
+                    assert!((1..=2).contains(&emails), "dying at {crash_at}: {emails}");
+                } else {
+                    assert_eq!(emails, 1, "dying at {crash_at} ({death:?})");
+                }
+            }
+            assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 3);
+        }
+    }
+}
+
+#[test]
+fn a_handler_working_from_an_old_copy_never_undoes_what_another_recorded() {
+    // A redrive's handler (epoch 1) read the order before the first handler finished;
+    // the first one then confirmed it and sent the email.
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let inbox = Inbox::default();
+    let events = place_mugs(&kv, &world, 1);
+    let id = &events[0].order_id;
+    let stale = records::load_order(&kv, id).unwrap().unwrap();
+    futures::executor::block_on(fulfilment::process(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        &events[0].to_json(),
+        &fulfilment_settings(),
+    ))
+    .unwrap();
+    let claimed = fulfilment::Claimed {
+        order: stale,
+        epoch: 1,
+    };
+    futures::executor::block_on(fulfilment::fulfil(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        claimed,
+        &fulfilment_settings(),
+    ))
+    .unwrap();
+    let order = records::load_order(&kv, id).unwrap().unwrap();
+    assert!(
+        matches!(order.notification, Notification::Sent { .. }),
+        "{order:?}"
+    );
+    assert_eq!(inbox.0.borrow().len(), 1);
 }

@@ -585,7 +585,15 @@ fn a_redis_restart_ends_the_runner_as_it_ends_spin_and_a_restart_loses_nothing()
 
 #[test]
 fn messages_are_handled_one_at_a_time_as_spin_handles_them() {
-    let shop = Shop::start("serial", RunnerOptions::default());
+    // The runner's trigger, as Spin's: without the handler taking on the orders behind
+    // its own, nothing but the trigger decides when a message is handled.
+    let shop = Shop::start(
+        "serial",
+        RunnerOptions {
+            extra_variables: vec![("fulfilment_batch".into(), "0".into())],
+            ..RunnerOptions::default()
+        },
+    );
     // Every send takes 300 ms: three orders' emails go out one after the other.
     let response = http()
         .post(format!("{}/__devmail/faults", shop.mail.base_url))
@@ -685,26 +693,14 @@ fn every_mail_provider_delivers_or_reports_the_refusal() {
     }
 }
 
-#[test]
-fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
-    // spin.toml's 16 shards, each its own subscriber; the mail API answers after 500 ms.
-    let shards = 16;
-    let shop = Shop::start(
-        "shards",
-        RunnerOptions {
-            order_shards: shards,
-            ..RunnerOptions::default()
-        },
-    );
-    for shard in 0..shards {
-        shop.redis
-            .wait_for_subscribers(&format!("{CHANNEL_BASE}.{shard}"), 1);
-    }
-    const DELAY_MS: i64 = 500;
+/// Places `count` orders at once with the mail API answering after `delay_ms`; checks
+/// that each was confirmed and emailed once, and returns how close together (ms) the
+/// mail API answered two of its sends.
+fn closest_answers(shop: &Shop, count: usize, delay_ms: i64) -> i64 {
     shop.mail
-        .set_faults(&json!({ "count": 1000, "delay_ms": DELAY_MS }));
+        .set_faults(&json!({ "count": 1000, "delay_ms": delay_ms }));
     let ids: Vec<String> = std::thread::scope(|scope| {
-        let placing: Vec<_> = (0..16)
+        let placing: Vec<_> = (0..count)
             .map(|_| scope.spawn(|| shop.place("STICKER-PACK", 1, APPROVED_CARD)))
             .collect();
         placing.into_iter().map(|p| p.join().unwrap()).collect()
@@ -715,7 +711,6 @@ fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
             .wait_for_order(id, "emailed", |o| o["notification"]["state"] == "sent");
         assert_eq!(order["status"], "confirmed");
     }
-    // One email per order.
     let messages = shop.mail.messages();
     assert_eq!(messages.len(), ids.len());
     for id in &ids {
@@ -730,9 +725,8 @@ fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
             .count();
         assert_eq!(about, 1, "{id}");
     }
-    // One subscriber handles its messages one at a time, so answers to sends from one
-    // subscriber are at least the mail API's delay apart: two closer ones were in
-    // flight together, from different shards.
+    assert_eq!(shop.mail.requests().len(), ids.len(), "one send per order");
+    assert_eq!(shop.runner.available("STICKER-PACK"), 500 - count as i64);
     let mut answered: Vec<i64> = shop
         .mail
         .requests()
@@ -740,12 +734,48 @@ fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
         .filter_map(|r| chrono_millis(r["at"].as_str()?))
         .collect();
     answered.sort_unstable();
-    let closest = answered.windows(2).map(|w| w[1] - w[0]).min().unwrap();
+    answered.windows(2).map(|w| w[1] - w[0]).min().unwrap()
+}
+
+#[test]
+fn orders_spread_over_the_shards_are_fulfilled_concurrently_each_once() {
+    // spin.toml's 16 shards, each its own subscriber; no batching, so only the shards
+    // can put sends in flight together.
+    let shards = 16;
+    let shop = Shop::start(
+        "shards",
+        RunnerOptions {
+            order_shards: shards,
+            extra_variables: vec![("fulfilment_batch".into(), "0".into())],
+            ..RunnerOptions::default()
+        },
+    );
+    for shard in 0..shards {
+        shop.redis
+            .wait_for_subscribers(&format!("{CHANNEL_BASE}.{shard}"), 1);
+    }
+    // One subscriber handles its messages one at a time, so the answers to its sends
+    // are at least the mail API's delay apart: two closer ones were in flight together,
+    // from different shards.
+    const DELAY_MS: i64 = 500;
+    let closest = closest_answers(&shop, 16, DELAY_MS);
     assert!(
         closest < DELAY_MS / 2,
-        "sends were never in flight together: {answered:?}"
+        "sends were never in flight together ({closest} ms)"
     );
-    assert_eq!(shop.runner.available("STICKER-PACK"), 500 - 16);
+}
+
+#[test]
+fn orders_waiting_behind_a_slow_send_on_one_shard_are_emailed_together() {
+    // One shard, one subscriber: only the handler taking on the orders waiting behind
+    // its own (fulfilment_batch, 8 by default) can put sends in flight together.
+    let shop = Shop::start("batch", RunnerOptions::default());
+    const DELAY_MS: i64 = 500;
+    let closest = closest_answers(&shop, 8, DELAY_MS);
+    assert!(
+        closest < DELAY_MS / 2,
+        "sends were never in flight together ({closest} ms)"
+    );
 }
 
 /// Milliseconds since the epoch of an RFC 3339 time, as devmail writes them.
