@@ -8,16 +8,68 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::capabilities::componentize;
 use crate::capabilities::{key_value, otel, outbound_redis, variables};
 use crate::instance::InstanceState;
 
+/// Wasmtime as Spin sets it up (its `crates/core`): the pooling instance allocator,
+/// which keeps a slot per concurrent instance reserved and reuses it, instead of
+/// mapping and unmapping memory for every request (under load, the page-table work and
+/// TLB shootdowns of that cost more than the guest itself). Sized as Spin sizes it, with
+/// Spin's own settings: `SPIN_MAX_INSTANCE_COUNT` (1000 instances at once) and
+/// `SPIN_WASMTIME_POOLING=0` to allocate per instance. Where the address space cannot
+/// be reserved, the runner says so and allocates per instance, as Spin does.
 pub fn engine() -> Result<Engine> {
+    let pooling = match std::env::var("SPIN_WASMTIME_POOLING").as_deref() {
+        Ok("0") => false,
+        Ok("1") | Err(_) => true,
+        Ok(other) => anyhow::bail!("SPIN_WASMTIME_POOLING={other}: only 0 or 1"),
+    };
+    if pooling {
+        let instances = match std::env::var("SPIN_MAX_INSTANCE_COUNT") {
+            Ok(n) => n
+                .parse()
+                .with_context(|| format!("SPIN_MAX_INSTANCE_COUNT={n} is not a number"))?,
+            Err(_) => 1_000,
+        };
+        let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(instances)));
+        match Engine::new(&config) {
+            Ok(engine) => return Ok(engine),
+            Err(e) => tracing::warn!(
+                "the pooling allocator is unavailable here ({e}); allocating per instance"
+            ),
+        }
+    }
     Engine::new(&Config::new())
         .map_err(anyhow::Error::from)
         .context("creating the Wasmtime engine")
+}
+
+/// The pool for `instances` concurrent instances, with the per-instance limits Spin
+/// sets (generous: a component of this shop uses one memory and a few tables).
+fn pool(instances: u32) -> PoolingAllocationConfig {
+    const MIB: usize = 1 << 20;
+    let mut pool = PoolingAllocationConfig::default();
+    pool.total_component_instances(instances)
+        .total_memories(instances)
+        .total_tables(2 * instances)
+        .total_stacks(instances)
+        .total_core_instances(4 * instances)
+        .table_elements(100_000)
+        .max_component_instance_size(10 * MIB)
+        .max_core_instance_size(10 * MIB)
+        .max_core_instances_per_component(200)
+        .max_tables_per_component(64)
+        .max_memories_per_component(32)
+        .max_tables_per_module(2)
+        .max_memories_per_module(2)
+        .max_memory_size(4 << 30)
+        .linear_memory_keep_resident(2 * MIB)
+        .table_keep_resident(MIB / 2);
+    pool
 }
 
 /// WASI 0.2, outbound `wasi:http`, and Spin's interfaces: every capability, listed once.
@@ -175,6 +227,31 @@ fn unsupported_capability(import: &str) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pool_holds_as_many_instances_at_once_as_it_is_sized_for_and_reuses_their_slots() {
+        let mut config = Config::new();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool(2)));
+        let engine = Engine::new(&config).unwrap();
+        let bytes = wat::parse_str(
+            r#"(component (core module (memory 1)) (core instance (instantiate 0)))"#,
+        )
+        .unwrap();
+        let component = Component::new(&engine, &bytes).unwrap();
+        let linker = Linker::<()>::new(&engine);
+        let instantiate = |store: &mut wasmtime::Store<()>| linker.instantiate(store, &component);
+        let mut live: Vec<_> = (0..2).map(|_| wasmtime::Store::new(&engine, ())).collect();
+        for store in &mut live {
+            instantiate(store).unwrap();
+        }
+        // A third at once is refused, as Spin refuses one over SPIN_MAX_INSTANCE_COUNT.
+        let mut third = wasmtime::Store::new(&engine, ());
+        assert!(instantiate(&mut third).is_err());
+        // One ends: its slot serves the next.
+        live.pop();
+        let mut next = wasmtime::Store::new(&engine, ());
+        instantiate(&mut next).unwrap();
+    }
 
     #[test]
     fn a_spin_capability_the_runner_lacks_is_named() {
