@@ -21,6 +21,8 @@ pub struct Load<'a> {
     pub seconds: f64,
     /// Offer this many requests per second instead of as many as the connections take.
     pub rate: Option<u32>,
+    /// The processes whose CPU the figures show: what bounds the run.
+    pub watch: &'a [(&'a str, u32)],
 }
 
 /// What one run measured. Latencies in milliseconds.
@@ -38,6 +40,10 @@ pub struct Figures {
     /// Answers by HTTP status ("202": n); failures to connect or read are in `errors`.
     pub statuses: BTreeMap<String, u64>,
     pub errors: u64,
+    /// CPU used during the run, in % of one core: each watched process (with its
+    /// children), and `everything else` (the load generator, the rest of the machine);
+    /// `idle` is what the machine's cores had left.
+    pub cpu_percent: BTreeMap<String, f64>,
 }
 
 impl Figures {
@@ -80,9 +86,11 @@ impl Load<'_> {
                 .arg(body);
         }
         command.arg(self.url);
+        let cpu = crate::cpu::Meter::start(self.watch);
         let output = command
             .output()
             .context("running oha (installed by `make setup`: cargo install oha)")?;
+        let cpu_percent = cpu.stop();
         if !output.status.success() {
             bail!(
                 "oha failed ({}): {}",
@@ -92,7 +100,9 @@ impl Load<'_> {
         }
         let report: Value =
             serde_json::from_slice(&output.stdout).context("reading oha's JSON report")?;
-        self.figures(&report)
+        let mut figures = self.figures(&report)?;
+        figures.cpu_percent = cpu_percent;
+        Ok(figures)
     }
 
     fn figures(&self, report: &Value) -> Result<Figures> {
@@ -122,6 +132,7 @@ impl Load<'_> {
             max_ms: ms(&report["summary"]["slowest"]),
             statuses,
             errors,
+            cpu_percent: BTreeMap::new(),
         })
     }
 }

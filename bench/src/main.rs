@@ -15,6 +15,7 @@
 //! `--smoke` runs every step for a moment (what `make test` runs, so none can rot).
 //! Figures are printed, never asserted: they depend on the machine.
 
+mod cpu;
 mod load;
 mod plot;
 mod report;
@@ -38,7 +39,7 @@ pub struct Settings {
     /// fractions of what checkout alone accepted at 32 connections.
     pub instant_mail_load: Vec<f64>,
     /// Orders per second offered end to end with the mail API answering in 150 ms.
-    pub slow_mail_rate: u32,
+    pub slow_mail_rates: Vec<u32>,
     pub slow_mail_delay_ms: u64,
     /// How long to wait after the load for the backlog to drain.
     pub drain_seconds: f64,
@@ -59,7 +60,7 @@ impl Settings {
                 seconds: 1.0,
                 concurrencies: vec![1, 8],
                 instant_mail_load: vec![0.2],
-                slow_mail_rate: 20,
+                slow_mail_rates: vec![20],
                 slow_mail_delay_ms: 150,
                 drain_seconds: 30.0,
                 redis_benchmark_requests: 2_000,
@@ -69,8 +70,8 @@ impl Settings {
         Settings {
             seconds: number("BENCH_SECONDS", 10.0),
             concurrencies: vec![1, 8, 32, 128],
-            instant_mail_load: vec![0.5, 1.0],
-            slow_mail_rate: number("BENCH_SLOW_MAIL_RATE", 120.0) as u32,
+            instant_mail_load: vec![0.25, 0.5],
+            slow_mail_rates: vec![120, number("BENCH_SLOW_MAIL_RATE", 400.0) as u32],
             slow_mail_delay_ms: 150,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
             redis_benchmark_requests: 200_000,
@@ -151,7 +152,7 @@ fn main() -> Result<()> {
 }
 
 fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<HostResults> {
-    let load = |url: &str, method, body: Option<&str>, connections| {
+    let load = |url: &str, method, body: Option<&str>, connections, watch: &[(&str, u32)]| {
         Load {
             url,
             method,
@@ -159,15 +160,18 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
             connections,
             seconds: settings.seconds,
             rate: None,
+            watch,
         }
         .run()
     };
+    let name = host.name();
 
     // 1. The floor: the empty component on the same host.
     let empty_app = stack::EmptyApp::start(host, scratch)?;
     let mut empty = Vec::new();
     for &c in &settings.concurrencies {
-        empty.push(load(&empty_app.url, "GET", None, c)?);
+        let watch = [(name.as_str(), empty_app.pid())];
+        empty.push(load(&empty_app.url, "GET", None, c, &watch)?);
     }
     drop(empty_app);
 
@@ -184,19 +188,30 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     let mut products = Vec::new();
     let mut orders = Vec::new();
     let mut peak_rss = idle_rss;
+    let watch = [(name.as_str(), checkout.pid()), ("redis", redis.pid())];
     for &c in &settings.concurrencies {
-        products.push(load(&checkout.url("/api/products"), "GET", None, c)?);
+        products.push(load(
+            &checkout.url("/api/products"),
+            "GET",
+            None,
+            c,
+            &watch,
+        )?);
         let sampler = checkout.rss_sampler();
-        orders.push(load(&checkout.url("/api/orders"), "POST", Some(&order), c)?);
+        orders.push(load(
+            &checkout.url("/api/orders"),
+            "POST",
+            Some(&order),
+            c,
+            &watch,
+        )?);
         peak_rss = peak_rss.max(sampler.peak());
     }
     let mut order_lines = Vec::new();
     for lines in [1, 5, 10] {
         let body = stack::order_body(lines);
-        order_lines.push((
-            lines,
-            load(&checkout.url("/api/orders"), "POST", Some(&body), 8)?,
-        ));
+        let figures = load(&checkout.url("/api/orders"), "POST", Some(&body), 8, &watch)?;
+        order_lines.push((lines, figures));
     }
     let memory = stack::Memory {
         idle_mib: idle_rss,
@@ -215,7 +230,12 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         .instant_mail_load
         .iter()
         .map(|share| ((checkout_rate * share).round().max(1.0) as u32, 0))
-        .chain([(settings.slow_mail_rate, settings.slow_mail_delay_ms)]);
+        .chain(
+            settings
+                .slow_mail_rates
+                .iter()
+                .map(|&rate| (rate, settings.slow_mail_delay_ms)),
+        );
     for (rate, delay_ms) in plans {
         let redis = e2e::Redis::start(scratch);
         let mail = e2e::DevMail::start(scratch);

@@ -53,15 +53,25 @@ impl Machine {
 fn row(out: &mut String, what: &str, f: &Figures, ok_status: u16) {
     let _ = writeln!(
         out,
-        "| {what} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} |",
+        "| {what} | {} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {} |",
         f.connections,
         f.requests_per_second,
         f.p50_ms,
         f.p90_ms,
         f.p99_ms,
         f.max_ms,
-        f.unexpected(ok_status)
+        f.unexpected(ok_status),
+        cpu(f)
     );
+}
+
+/// Where the CPU went, in % of one core (the machine has `cores` × 100).
+fn cpu(f: &Figures) -> String {
+    f.cpu_percent
+        .iter()
+        .map(|(part, percent)| format!("{part} {percent:.0}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -95,7 +105,7 @@ pub fn table(results: &Results) -> String {
 
 fn host_tables(out: &mut String, host: &HostResults) {
     let _ = writeln!(out, "\n### {}\n", host.host);
-    out.push_str("| Request | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors |\n|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| Request | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|\n");
     for f in &host.empty {
         row(out, "empty component `GET /`", f, 200);
     }
@@ -109,7 +119,7 @@ fn host_tables(out: &mut String, host: &HostResults) {
         row(out, &format!("`POST /api/orders`, {lines} lines"), f, 202);
     }
 
-    out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors |\n|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for e in &host.end_to_end {
         let mail = if e.mail_delay_ms == 0 {
             "mail API at once".to_owned()
@@ -123,7 +133,7 @@ fn host_tables(out: &mut String, host: &HostResults) {
         };
         let _ = writeln!(
             out,
-            "| {mail} | {} | {:.0} | {:.0} | {} | {:.1} | {drained} | {:.0} / {:.0} | {} |",
+            "| {mail} | {} | {:.0} | {:.0} | {} | {:.1} | {drained} | {:.0} / {:.0} | {} | {} |",
             e.offered_per_second,
             e.accepted_per_second,
             e.emailed_per_second_during_load,
@@ -131,7 +141,8 @@ fn host_tables(out: &mut String, host: &HostResults) {
             e.backlog_growth_per_second,
             e.order_to_email_p50_ms,
             e.order_to_email_p99_ms,
-            e.unexpected_answers
+            e.unexpected_answers,
+            cpu(&e.checkout)
         );
     }
 

@@ -130,6 +130,10 @@ pub struct EmptyApp {
 }
 
 impl EmptyApp {
+    pub fn pid(&self) -> u32 {
+        self._process.child_id()
+    }
+
     pub fn start(host: &Host, scratch: &e2e::Scratch) -> Result<EmptyApp> {
         let port = e2e::free_port();
         let manifest = e2e::workspace_root().join("bench/empty/spin.toml");
@@ -224,6 +228,7 @@ impl Startup {
 /// The shop (all components, or only some) on the host.
 pub struct Shop {
     runner: e2e::Runner,
+    host: String,
 }
 
 impl Shop {
@@ -248,7 +253,10 @@ impl Shop {
                 ..e2e::RunnerOptions::default()
             },
         );
-        let shop = Shop { runner };
+        let shop = Shop {
+            runner,
+            host: host.name(),
+        };
         if !wait_until(Duration::from_secs(300), || {
             answers(&shop.url("/api/products"))
         }) {
@@ -277,7 +285,7 @@ impl Shop {
         Ok(())
     }
 
-    fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.runner.process.child_id()
     }
 
@@ -321,6 +329,11 @@ impl Shop {
             let url = self.url("/api/orders");
             let body = order_body(1);
             let seconds = settings.seconds;
+            let watch = [
+                (self.host.clone(), self.pid()),
+                ("redis".to_owned(), redis.pid()),
+                ("devmail".to_owned(), mail.pid()),
+            ];
             std::thread::spawn(move || {
                 Load {
                     url: &url,
@@ -329,6 +342,10 @@ impl Shop {
                     connections: 64,
                     seconds,
                     rate: Some(rate),
+                    watch: &watch
+                        .iter()
+                        .map(|(n, p)| (n.as_str(), *p))
+                        .collect::<Vec<_>>(),
                 }
                 .run()
             })
@@ -490,6 +507,15 @@ impl Emails {
 /// Resident memory of `pid` and its descendants (`spin up` runs its trigger as a
 /// child process), in MiB.
 pub fn rss_mib(pid: u32) -> f64 {
+    family(pid)
+        .iter()
+        .map(|pid| resident_kib(&PathBuf::from(format!("/proc/{pid}"))))
+        .sum::<u64>() as f64
+        / 1024.0
+}
+
+/// `pid` and its descendants.
+pub fn family(pid: u32) -> Vec<u32> {
     let mut family = vec![pid];
     let mut parents: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     if let Ok(entries) = std::fs::read_dir("/proc") {
@@ -510,10 +536,6 @@ pub fn rss_mib(pid: u32) -> f64 {
         i += 1;
     }
     family
-        .iter()
-        .map(|pid| resident_kib(&PathBuf::from(format!("/proc/{pid}"))))
-        .sum::<u64>() as f64
-        / 1024.0
 }
 
 fn parent_of(proc_dir: &Path) -> Option<u32> {

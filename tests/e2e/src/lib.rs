@@ -248,6 +248,11 @@ impl Redis {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child_id()
+    }
+
     /// Stops the server and starts it again on the same port: every connection drops;
     /// the data survives only if it is persistent.
     pub fn restart(&mut self) {
@@ -484,6 +489,11 @@ impl DevMail {
             TcpStream::connect(("127.0.0.1", port)).ok()
         });
         mail
+    }
+
+    /// The dev mail API's process id.
+    pub fn pid(&self) -> u32 {
+        self._process.child_id()
     }
 
     /// Emails the dev mail API accepted.
