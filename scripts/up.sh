@@ -51,6 +51,7 @@ if [ "$redis_port" != 6379 ]; then
     printf '[key_value_store.default]\ntype = "redis"\nurl = "redis://127.0.0.1:%s"\n' \
         "$redis_port" >"$runtime_config"
     export SPIN_VARIABLE_REDIS_ADDRESS="redis://127.0.0.1:$redis_port"
+    export SPIN_VARIABLE_REDIS_HOST="redis://127.0.0.1:$redis_port"
 fi
 
 {

@@ -207,6 +207,8 @@ impl Startup {
                 .args(["--listen", &format!("127.0.0.1:{port}")])
                 .arg("--variable")
                 .arg(format!("redis_address={}", redis.url()))
+                .arg("--variable")
+                .arg(format!("redis_host={}", redis.url()))
                 .current_dir(&dir)
                 .env("RUST_LOG", "warn");
             let started = Instant::now();

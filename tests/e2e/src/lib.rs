@@ -624,6 +624,7 @@ impl Runner {
 
         let mut variables = vec![
             ("redis_address".to_owned(), redis.url()),
+            ("redis_host".to_owned(), redis.url()),
             ("orders_channel".to_owned(), CHANNEL_BASE.to_owned()),
             ("order_shards".to_owned(), options.order_shards.to_string()),
             ("admin_token".to_owned(), ADMIN_TOKEN.to_owned()),

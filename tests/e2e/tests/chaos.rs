@@ -54,6 +54,7 @@ impl Supervised {
         .unwrap();
         let variables = [
             format!("redis_address=redis://127.0.0.1:{redis_port}"),
+            format!("redis_host=redis://127.0.0.1:{redis_port}"),
             // spin.toml's own 16 shards; duplicates and garbage go to shard 0.
             format!("orders_channel={CHANNEL_BASE}"),
             format!("admin_token={ADMIN_TOKEN}"),
