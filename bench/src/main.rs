@@ -89,6 +89,9 @@ pub struct HostResults {
     pub orders: Vec<Figures>,
     /// `POST /api/orders` latency by number of lines (checkout alone).
     pub order_lines: Vec<(usize, Figures)>,
+    /// `POST /api/orders` at 32 connections with every span exported over OTLP to the
+    /// project's trace viewer (beside `orders`, which exports nothing).
+    pub orders_exported: Figures,
     pub end_to_end: Vec<EndToEnd>,
     pub memory: stack::Memory,
     pub startup: stack::Startup,
@@ -224,6 +227,18 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         .unwrap_or(100.0);
     drop(checkout);
 
+    // What tracing costs: the same, with every span exported to the trace viewer.
+    let viewer = e2e::TraceViewer::start(scratch);
+    let traced = Shop::start_exporting(host, scratch, &redis, &mail, &["checkout"], &viewer)?;
+    traced.stock_up()?;
+    let watch = [
+        (name.as_str(), traced.pid()),
+        ("redis", redis.pid()),
+        ("trace-viewer", viewer.pid()),
+    ];
+    let orders_exported = load(&traced.url("/api/orders"), "POST", Some(&order), 32, &watch)?;
+    drop(traced);
+
     // 3. End to end: the whole app, at fixed offered rates.
     let mut end_to_end = Vec::new();
     let plans = settings
@@ -250,6 +265,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         products,
         orders,
         order_lines,
+        orders_exported,
         end_to_end,
         memory,
         startup,

@@ -118,6 +118,12 @@ fn host_tables(out: &mut String, host: &HostResults) {
     for (lines, f) in &host.order_lines {
         row(out, &format!("`POST /api/orders`, {lines} lines"), f, 202);
     }
+    row(
+        out,
+        "`POST /api/orders`, every span exported",
+        &host.orders_exported,
+        202,
+    );
 
     out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for e in &host.end_to_end {

@@ -241,6 +241,36 @@ impl Shop {
         mail: &e2e::DevMail,
         components: &[&str],
     ) -> Result<Shop> {
+        Self::launch(host, scratch, redis, mail, components, None)
+    }
+
+    /// The same, exporting every span to `viewer`.
+    pub fn start_exporting(
+        host: &Host,
+        scratch: &e2e::Scratch,
+        redis: &e2e::Redis,
+        mail: &e2e::DevMail,
+        components: &[&str],
+        viewer: &e2e::TraceViewer,
+    ) -> Result<Shop> {
+        Self::launch(
+            host,
+            scratch,
+            redis,
+            mail,
+            components,
+            Some(viewer.endpoint()),
+        )
+    }
+
+    fn launch(
+        host: &Host,
+        scratch: &e2e::Scratch,
+        redis: &e2e::Redis,
+        mail: &e2e::DevMail,
+        components: &[&str],
+        otlp_endpoint: Option<String>,
+    ) -> Result<Shop> {
         let shards = spin_toml_shards()?;
         let runner = e2e::Runner::start(
             scratch,
@@ -252,6 +282,7 @@ impl Shop {
                 program: Some(host.program()),
                 // Logging every request costs as much as some of the work measured.
                 process_env: vec![("RUST_LOG".into(), "warn".into())],
+                otlp_endpoint,
                 ..e2e::RunnerOptions::default()
             },
         );

@@ -805,7 +805,7 @@ impl Runner {
 /// The project's trace viewer as the OTLP/HTTP receiver of a test, on a free port.
 pub struct TraceViewer {
     pub base_url: String,
-    _process: Process,
+    process: Process,
 }
 
 impl TraceViewer {
@@ -825,8 +825,13 @@ impl TraceViewer {
         });
         TraceViewer {
             base_url: format!("http://127.0.0.1:{port}"),
-            _process: process,
+            process,
         }
+    }
+
+    /// The viewer's process id.
+    pub fn pid(&self) -> u32 {
+        self.process.child_id()
     }
 
     /// What `OTEL_EXPORTER_OTLP_ENDPOINT` should be to export here.

@@ -61,6 +61,13 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         .map(|pair| pair[0].as_u64().unwrap())
         .collect();
     assert_eq!(lines, [1, 5, 10]);
+    // What exporting every span costs, beside the same run exporting nothing.
+    let exported = &runner["orders_exported"];
+    assert!(requests(exported) > 0, "{exported}");
+    assert!(
+        exported["cpu_percent"]["trace-viewer"].as_f64().is_some(),
+        "{exported}"
+    );
 
     // End to end, with the mail API at once and slow: every order accepted was emailed.
     let end_to_end = runner["end_to_end"].as_array().unwrap();
