@@ -22,7 +22,9 @@
 //!   Stock is never oversold by a doubt, only possibly short. Doubts are found where
 //!   the evidence is: redrive, settling a draft whose request stopped, finds the one
 //!   line it was taking (neither held nor released); a release finds a give-back that
-//!   was claimed and never confirmed.
+//!   was claimed and never confirmed. That give-back may only be slow: its claimant,
+//!   once it confirms, marks such a doubt settled, so two releasers racing (replicas
+//!   handling one failed order) leave none.
 //!
 //! Seeding puts [`Product::initial_stock`] into an empty store once: one caller wins the
 //! seed claim and adds the stock, then marks the SKU seeded. Until then other callers
@@ -307,18 +309,56 @@ pub fn give_back(
             continue;
         }
         if kv.claim(&keys::returned(order_id, &line.sku))? {
-            if let Err(e) = kv.increment(&keys::stock(&line.sku), i64::from(line.quantity)) {
-                let _ = record_doubt(kv, order_id, line, DoubtfulChange::GiveBack);
-                return Err(e);
-            }
-            kv.set(&keys::returned_done(order_id, &line.sku), b"1")?;
-        } else if kv.get(&keys::returned_done(order_id, &line.sku))?.is_none() {
+            finish_give_back(kv, order_id, line)?;
+        } else if !give_back_done(kv, order_id, line)? {
             // Claimed by a caller that died, whose store failed, or that is giving back
             // right now: in doubt until someone counts.
             record_doubt(kv, order_id, line, DoubtfulChange::GiveBack)?;
+            // The claimant may have finished meanwhile. It looks for this doubt after
+            // confirming, and this looks for its confirmation after recording, so one
+            // of the two sees the other and the doubt does not outlive the answer.
+            if give_back_done(kv, order_id, line)? {
+                settle_give_back_doubt(kv, order_id, line)?;
+            }
         }
     }
     Ok(())
+}
+
+/// The claimant's part of a give-back: the increment, its confirmation, and settling a
+/// doubt that another caller recorded while this one was giving back.
+fn finish_give_back(
+    kv: &impl KeyValue,
+    order_id: &str,
+    line: &OrderLine,
+) -> Result<(), StoreError> {
+    if let Err(e) = kv.increment(&keys::stock(&line.sku), i64::from(line.quantity)) {
+        let _ = record_doubt(kv, order_id, line, DoubtfulChange::GiveBack);
+        return Err(e);
+    }
+    kv.set(&keys::returned_done(order_id, &line.sku), b"1")?;
+    if kv.counter(&keys::stock_doubt_claim(order_id, &line.sku))? > 0 {
+        settle_give_back_doubt(kv, order_id, line)?;
+    }
+    Ok(())
+}
+
+fn give_back_done(
+    kv: &impl KeyValue,
+    order_id: &str,
+    line: &OrderLine,
+) -> Result<bool, StoreError> {
+    Ok(kv.get(&keys::returned_done(order_id, &line.sku))?.is_some())
+}
+
+/// Marks a give-back doubt about `line` as answered: the units did go back. A repeatable
+/// write, kept beside the doubt (which stays numbered) and honoured by [`doubts`].
+fn settle_give_back_doubt(
+    kv: &impl KeyValue,
+    order_id: &str,
+    line: &OrderLine,
+) -> Result<(), StoreError> {
+    kv.set(&keys::stock_doubt_settled(order_id, &line.sku), b"1")
 }
 
 /// The stock change a [`Doubt`] is about.
@@ -386,15 +426,24 @@ pub fn line_being_taken<'a>(
     Ok(None)
 }
 
-/// Every recorded doubt, oldest first (there are few: each needs a crash).
+/// Every recorded doubt still unanswered, oldest first (there are few: each needs a
+/// crash or a lost answer).
 pub fn doubts(kv: &impl KeyValue) -> Result<Vec<Doubt>, StoreError> {
     let newest = kv.counter(&keys::stock_doubt_sequence())?;
     let mut found = Vec::new();
     for seq in 1..=newest {
-        if let Some(bytes) = kv.get(&keys::stock_doubt(seq))? {
-            if let Ok(doubt) = serde_json::from_slice(&bytes) {
-                found.push(doubt);
-            }
+        let Some(bytes) = kv.get(&keys::stock_doubt(seq))? else {
+            continue;
+        };
+        let Ok(doubt) = serde_json::from_slice::<Doubt>(&bytes) else {
+            continue;
+        };
+        let settled = doubt.change == DoubtfulChange::GiveBack
+            && kv
+                .get(&keys::stock_doubt_settled(&doubt.order_id, &doubt.sku))?
+                .is_some();
+        if !settled {
+            found.push(doubt);
         }
     }
     Ok(found)
@@ -628,6 +677,94 @@ mod tests {
         release(&kv, "o2", &[line("SPIN-MUG", 3)]).unwrap();
         assert_eq!(stock_of(&kv, "SPIN-MUG"), 100);
         assert_eq!(super::doubts(&kv).unwrap().len(), 2);
+    }
+
+    /// A store through which one caller works while another acts at one exact point:
+    /// `meanwhile` runs once, just before this caller's first operation on `key`.
+    struct Meanwhile<'a, F: Fn()> {
+        inner: &'a MemoryStore,
+        key: String,
+        meanwhile: F,
+        ran: std::cell::Cell<bool>,
+    }
+
+    impl<F: Fn()> Meanwhile<'_, F> {
+        fn before(&self, key: &str) {
+            if key == self.key && !self.ran.replace(true) {
+                (self.meanwhile)();
+            }
+        }
+    }
+
+    impl<F: Fn()> KeyValue for Meanwhile<'_, F> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.before(key);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            self.before(key);
+            self.inner.set(key, value)
+        }
+        fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+            self.before(key);
+            self.inner.increment(key, delta)
+        }
+    }
+
+    #[test]
+    fn a_give_back_seen_half_done_by_a_second_releaser_is_not_left_in_doubt() {
+        // Found by four fulfilment replicas releasing one failed order at once: the
+        // second found the give-back claimed and unconfirmed, and its doubt outlived
+        // the first's confirmation.
+        let mug = [line("SPIN-MUG", 3)];
+        let second_releaser = |kv: &MemoryStore| release(kv, "o1", &mug).unwrap();
+
+        // The second releaser comes between the first's claim and its increment.
+        let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+        reserve(&kv, "o1", &mug).unwrap();
+        let first = Meanwhile {
+            inner: &kv,
+            key: keys::stock("SPIN-MUG"),
+            meanwhile: || second_releaser(&kv),
+            ran: Default::default(),
+        };
+        release(&first, "o1", &mug).unwrap();
+        assert!(first.ran.get());
+        assert_eq!(stock_of(&kv, "SPIN-MUG"), 100);
+        assert_eq!(doubts(&kv).unwrap(), vec![]);
+
+        // The first confirms after the second found it unconfirmed and before the
+        // second recorded its doubt.
+        let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+        reserve(&kv, "o1", &mug).unwrap();
+        assert!(kv.claim(&keys::returned("o1", "SPIN-MUG")).unwrap());
+        let second = Meanwhile {
+            inner: &kv,
+            key: keys::stock_doubt_claim("o1", "SPIN-MUG"),
+            meanwhile: || finish_give_back(&kv, "o1", &mug[0]).unwrap(),
+            ran: Default::default(),
+        };
+        release(&second, "o1", &mug).unwrap();
+        assert!(second.ran.get());
+        assert_eq!(stock_of(&kv, "SPIN-MUG"), 100);
+        assert_eq!(doubts(&kv).unwrap(), vec![]);
+
+        // A claimant that died before confirming stays in doubt: nobody can know.
+        let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+        reserve(&kv, "o1", &mug).unwrap();
+        assert!(kv.claim(&keys::returned("o1", "SPIN-MUG")).unwrap());
+        second_releaser(&kv);
+        second_releaser(&kv);
+        assert_eq!(stock_of(&kv, "SPIN-MUG"), 97);
+        assert_eq!(
+            doubts(&kv).unwrap(),
+            vec![Doubt {
+                order_id: "o1".into(),
+                sku: "SPIN-MUG".into(),
+                quantity: 3,
+                change: DoubtfulChange::GiveBack,
+            }]
+        );
     }
 
     #[test]

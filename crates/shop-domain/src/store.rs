@@ -90,6 +90,11 @@ pub mod keys {
     pub fn stock_doubt_claim(order_id: &str, sku: &str) -> String {
         format!("{PREFIX}:stock-doubt:{order_id}:{sku}")
     }
+    /// Marker: the give-back of `order_id`'s line `sku`, recorded in doubt by a caller
+    /// that found it claimed, did reach the counter (see [`crate::stock::give_back`]).
+    pub fn stock_doubt_settled(order_id: &str, sku: &str) -> String {
+        format!("{PREFIX}:stock-doubt-settled:{order_id}:{sku}")
+    }
     /// Counter: the number of the newest stock doubt.
     pub fn stock_doubt_sequence() -> String {
         format!("{PREFIX}:stock-doubts:seq")
