@@ -114,7 +114,18 @@ async fn take_on_waiting(
     let Some(event) = event else {
         return;
     };
-    let waiting = match fulfilment::claim_waiting(kv, &SpinEnv, event.sequence, settings) {
+    // Under the consumer span: this future is not polled within its context.
+    let claimed = {
+        let _consumer = consumer.clone().attach();
+        fulfilment::claim_waiting(
+            kv,
+            &SpinEnv,
+            &Steps::new("fulfilment"),
+            event.sequence,
+            settings,
+        )
+    };
+    let waiting = match claimed {
         Ok(waiting) => waiting,
         Err(e) => {
             // Nothing claimed is lost: each waits for its own event, or redrive.

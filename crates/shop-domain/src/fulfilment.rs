@@ -150,18 +150,37 @@ pub struct Claimed {
 /// most `settings.batch`: recorded, unfinished, and nobody's yet. Stops at the first
 /// that is not (not numbered yet, still being placed, finished or claimed: whoever
 /// has it takes on the ones behind it), so with nothing waiting it costs one read.
-pub fn claim_waiting<K: KeyValue, E: Environment>(
+pub fn claim_waiting<K: KeyValue, E: Environment, T: Trace>(
+    kv: &K,
+    env: &E,
+    trace: &T,
+    sequence: i64,
+    settings: &Settings,
+) -> Result<Vec<Claimed>, StoreError> {
+    let mut claimed = Vec::new();
+    if sequence <= 0 || settings.batch == 0 {
+        return Ok(claimed);
+    }
+    // Its reads run while this handler's own send is in flight: a step of their own
+    // keeps the host's key-value spans off that send's span.
+    let mut step = trace.step("claim waiting orders");
+    let result = claim_waiting_behind(kv, env, sequence, settings, &mut claimed);
+    step.attribute("shop.fulfilment.taken_on", (claimed.len() as i64).into());
+    if let Err(e) = &result {
+        step.fail(&e.to_string());
+    }
+    result.map(|()| claimed)
+}
+
+fn claim_waiting_behind<K: KeyValue, E: Environment>(
     kv: &K,
     env: &E,
     sequence: i64,
     settings: &Settings,
-) -> Result<Vec<Claimed>, StoreError> {
+    claimed: &mut Vec<Claimed>,
+) -> Result<(), StoreError> {
     let kv = &Durable::new(kv, env, settings.store_budget);
     let stride = i64::from(settings.shards.max(1));
-    let mut claimed = Vec::new();
-    if sequence <= 0 {
-        return Ok(claimed);
-    }
     let mut next = sequence + stride;
     while claimed.len() < settings.batch {
         let Some(draft) = records::load_draft(kv, next)? else {
@@ -180,7 +199,7 @@ pub fn claim_waiting<K: KeyValue, E: Environment>(
         claimed.push(Claimed { order, epoch });
         next += stride;
     }
-    Ok(claimed)
+    Ok(())
 }
 
 /// Fulfils an order claimed by [`claim_waiting`], as its own event would have.

@@ -602,7 +602,7 @@ fn handle_with_batch(
         &event.to_json(),
         settings,
     ));
-    if let Ok(waiting) = fulfilment::claim_waiting(kv, world, event.sequence, settings) {
+    if let Ok(waiting) = fulfilment::claim_waiting(kv, world, &NoTrace, event.sequence, settings) {
         for claimed in waiting {
             let _ = futures::executor::block_on(fulfilment::fulfil(
                 kv, world, &NoTrace, inbox, claimed, settings,

@@ -201,6 +201,14 @@ fn a_placed_order_is_one_trace_from_the_request_to_the_mail_api() {
     assert!(children(&spans, load)
         .iter()
         .any(|s| s["name"] == "spin_key_value.get"));
+    // The look for orders waiting behind this one runs while the send is in flight:
+    // its reads are under a step of its own, not under the send.
+    let look_ahead = one(&spans, "claim waiting orders");
+    assert_eq!(look_ahead["parent_span_id"], consumer["span_id"]);
+    assert_eq!(attribute(look_ahead, "shop.fulfilment.taken_on"), 0);
+    assert!(children(&spans, look_ahead)
+        .iter()
+        .any(|s| s["name"] == "spin_key_value.get"));
 
     // -> the mail API: the attempt, the runner's outbound request, devmail's server span.
     let attempt = one(&spans, "send email");
