@@ -290,7 +290,14 @@ source = "c.wasm"
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../spin.toml"))
             .unwrap();
         let m = Manifest::parse(&text).unwrap();
-        assert_eq!(m.trigger.http.len(), 1);
+        // The API and the storefront page behind it.
+        let http: Vec<&str> = m
+            .trigger
+            .http
+            .iter()
+            .map(|t| t.component.as_str())
+            .collect();
+        assert_eq!(http, ["checkout", "storefront"]);
         assert!(!m.trigger.redis.is_empty());
         assert!(m.variables["mail_api_key"].secret);
     }
