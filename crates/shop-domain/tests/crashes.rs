@@ -44,7 +44,27 @@ struct Dying<'a> {
     recovers: bool,
 }
 
-impl Dying<'_> {
+impl<'a> Dying<'a> {
+    /// A process over `inner` that dies at operation `crash_at`, as `death` says.
+    fn new(inner: &'a MemoryStore, crash_at: usize, death: Death) -> Dying<'a> {
+        Dying {
+            inner,
+            crash_at,
+            death,
+            ops: Cell::new(0),
+            fatal: Cell::new(None),
+            recovers: false,
+        }
+    }
+
+    /// Only operation `crash_at` fails; the process lives on.
+    fn recovering(self) -> Self {
+        Dying {
+            recovers: true,
+            ..self
+        }
+    }
+
     fn op<T>(
         &self,
         kind: &'static str,
@@ -259,14 +279,7 @@ fn crash_case(
     kv.increment(&keys::stock(SKU), INITIAL).unwrap();
     kv.increment(&keys::stock_seeded(SKU), 1).unwrap();
 
-    let dying = Dying {
-        inner: &kv,
-        crash_at,
-        death,
-        ops: Cell::new(0),
-        fatal: Cell::new(None),
-        recovers: false,
-    };
+    let dying = Dying::new(&kv, crash_at, death);
     let first = place(&dying, &world, &channel, card);
     let fatal = dying.fatal.take();
 
@@ -319,14 +332,7 @@ fn operations_of_a_placement() -> usize {
     let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
     kv.increment(&keys::stock(SKU), INITIAL).unwrap();
     kv.increment(&keys::stock_seeded(SKU), 1).unwrap();
-    let dying = Dying {
-        inner: &kv,
-        crash_at: usize::MAX,
-        death: Death::Before,
-        ops: Cell::new(0),
-        fatal: Cell::new(None),
-        recovers: false,
-    };
+    let dying = Dying::new(&kv, usize::MAX, Death::Before);
     assert_eq!(
         place(
             &dying,
@@ -397,14 +403,7 @@ fn fulfilment_crash_case(crash_at: usize, death: Death, card: &str) -> (usize, b
     kv.increment(&keys::stock_seeded(SKU), 1).unwrap();
     assert_eq!(place(&kv, &world, &channel, card), Ok(202));
     let event = channel.0.borrow_mut().pop().unwrap();
-    let dying = Dying {
-        inner: &kv,
-        crash_at,
-        death,
-        ops: Cell::new(0),
-        fatal: Cell::new(None),
-        recovers: false,
-    };
+    let dying = Dying::new(&kv, crash_at, death);
     let mut dying_settings = fulfilment_settings();
     dying_settings.store_budget.total_ms = 0;
     let _ = futures::executor::block_on(fulfilment::process(
@@ -481,14 +480,7 @@ fn glitch_case(fail_at: usize, death: Death) -> (Vec<(u16, Option<String>)>, Vec
     kv.increment(&keys::stock(SKU), INITIAL).unwrap();
     kv.increment(&keys::stock_seeded(SKU), 1).unwrap();
     let card = "4242 4242 4242 4242";
-    let glitching = Dying {
-        inner: &kv,
-        crash_at: fail_at,
-        death,
-        ops: Cell::new(0),
-        fatal: Cell::new(None),
-        recovers: true,
-    };
+    let glitching = Dying::new(&kv, fail_at, death).recovering();
     let mut answers = vec![answer(&glitching, &world, &channel, card)];
     answers.push(answer(&kv, &world, &channel, card));
     world.pass(LEASE + 1);
@@ -663,14 +655,7 @@ fn a_handler_taking_on_waiting_orders_killed_anywhere_is_taken_over_by_redrive()
             let world = World::new();
             let inbox = Inbox::default();
             let events = place_mugs(&kv, &world, 3);
-            let dying = Dying {
-                inner: &kv,
-                crash_at,
-                death,
-                ops: Cell::new(0),
-                fatal: Cell::new(None),
-                recovers: false,
-            };
+            let dying = Dying::new(&kv, crash_at, death);
             let mut batched = fulfilment_settings();
             batched.batch = 8;
             batched.store_budget.total_ms = 0;

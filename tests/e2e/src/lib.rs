@@ -58,6 +58,21 @@ pub fn runner_binary() -> PathBuf {
     binary("spin-runner")
 }
 
+/// Runs `spin-runner up` on `manifest` (from `dir`, with `extra_args`), expecting it to
+/// refuse to start; returns what it said on stderr.
+pub fn refused_at_startup(dir: &Path, manifest: &Path, extra_args: &[&str]) -> String {
+    let output = Command::new(runner_binary())
+        .args(["up", "--from"])
+        .arg(manifest)
+        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(extra_args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "the runner started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 /// A loopback port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

@@ -370,14 +370,7 @@ fn a_granted_store_label_no_store_defines_stops_the_app_at_startup() {
         1,
     );
     std::fs::write(&manifest, text).unwrap();
-    let output = Command::new(runner_binary())
-        .args(["up", "--from"])
-        .arg(&manifest)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_at_startup(scratch.path(), &manifest, &[]);
     assert!(
         stderr.contains("unknown key_value_stores label \"cache\" for component \"guest\""),
         "{stderr}"

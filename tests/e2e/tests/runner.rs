@@ -81,14 +81,7 @@ fn a_trapping_component_answers_500_and_the_runner_keeps_serving() {
 fn unsupported_manifest_fields_are_refused_by_name() {
     let scratch = Scratch::new("refuse");
     let manifest = write_app(&scratch, r#"sqlite_databases = ["default"]"#);
-    let output = Command::new(runner_binary())
-        .args(["up", "--from"])
-        .arg(&manifest)
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = refused_at_startup(scratch.path(), &manifest, &[]);
     assert!(stderr.contains("sqlite_databases"), "{stderr}");
 }
 
@@ -113,19 +106,14 @@ fn a_component_importing_wasi_otel_needs_the_experimental_flag() {
     // As `spin up` without --experimental-wasi-otel: the traced build is refused at
     // startup, naming the flag.
     let scratch = Scratch::new("otel-flag");
-    let output = Command::new(runner_binary())
-        .args(["up", "--from"])
-        .arg(workspace_root().join("spin.toml"))
-        .args(["--listen", &format!("127.0.0.1:{}", free_port())])
-        .args([
+    let stderr = refused_at_startup(
+        scratch.path(),
+        &workspace_root().join("spin.toml"),
+        &[
             "--variable",
             &format!("redis_address=redis://127.0.0.1:{}", free_port()),
-        ])
-        .current_dir(scratch.path())
-        .output()
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+        ],
+    );
     assert!(stderr.contains("wasi:otel"), "{stderr}");
     assert!(stderr.contains("--experimental-wasi-otel"), "{stderr}");
 }
