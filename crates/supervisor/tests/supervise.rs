@@ -359,7 +359,8 @@ while True:
     let position = |text: &str| stderr.find(text).expect(text);
     assert!(position("supervisor: web is ready") < position("supervisor: started last"));
     assert!(position("supervisor: slow is ready") < position("supervisor: started web"));
-    // The http check asked the server itself.
+    // The http check asked the server itself (its log line is relayed a moment later).
+    supervisor.wait_for_stderr("\"GET / HTTP/1.0\" 200");
     assert!(
         supervisor.stderr().contains("[web] ")
             && supervisor.stderr().contains("\"GET / HTTP/1.0\" 200"),
@@ -681,7 +682,15 @@ fn a_process_that_exits_while_starting_because_a_dependency_died_is_started_agai
     supervisor.wait_for_stderr("supervisor: app exited (status 3 during startup, start 1 of 3)");
     let (_, restarts) = supervisor.ready_process("app", |_, restarts| restarts >= 1);
     supervisor.ready_process("dependency", |_, restarts| restarts >= 1);
-    let stderr = supervisor.stderr();
+    // The status file says ready just before the supervisor prints it: wait for the line.
+    let stderr = wait_for(
+        "the app's readiness on the supervisor's stderr",
+        || supervisor.output(),
+        || {
+            let stderr = supervisor.stderr();
+            stderr.contains("supervisor: app is ready").then_some(stderr)
+        },
+    );
     assert!(
         stderr.contains("supervisor: app is ready (pid "),
         "the app's first readiness came after its restart\n{stderr}"
