@@ -688,7 +688,9 @@ fn a_process_that_exits_while_starting_because_a_dependency_died_is_started_agai
         || supervisor.output(),
         || {
             let stderr = supervisor.stderr();
-            stderr.contains("supervisor: app is ready").then_some(stderr)
+            stderr
+                .contains("supervisor: app is ready")
+                .then_some(stderr)
         },
     );
     assert!(

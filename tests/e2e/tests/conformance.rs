@@ -193,6 +193,39 @@ fn a_wasip1_core_module_is_componentized_once_then_served_from_the_cache() {
 }
 
 #[test]
+fn every_request_gets_a_fresh_instance_even_from_a_reused_memory_slot() {
+    // The runner reuses pooled memory slots (as Spin does) and resets only the pages an
+    // instance dirtied: nothing a request left, in globals, statics or heap, may reach
+    // the next one, one after another or many at once.
+    let scratch = Scratch::new("conformance-fresh-instance");
+    let manifest = app(&scratch, &[("/...", "guest")], "");
+    let runner = start(&scratch, &manifest);
+    let fresh = "requests before 0, dirty bytes 0";
+    for _ in 0..20 {
+        assert_eq!(
+            get(&runner, "/instance", &[("probe", "instance")]),
+            (200, fresh.to_owned())
+        );
+    }
+    std::thread::scope(|s| {
+        let clients: Vec<_> = (0..8)
+            .map(|_| {
+                s.spawn(|| {
+                    (0..10)
+                        .map(|_| get(&runner, "/instance", &[("probe", "instance")]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for client in clients {
+            for answer in client.join().unwrap() {
+                assert_eq!(answer, (200, fresh.to_owned()));
+            }
+        }
+    });
+}
+
+#[test]
 fn routes_with_parameters_and_wildcards_carry_spins_headers() {
     let scratch = Scratch::new("conformance-routes");
     let manifest = app(

@@ -9,12 +9,18 @@
 //!   `fermyon:spin/key-value` or `wasi:keyvalue/store`, and answers `ok` (after a set and
 //!   get round trip) or the error's name;
 //! - `outbound`: GETs the `url` header with outbound `wasi:http` and answers
-//!   `status <code>: <body>` or `error: <ErrorCode>`.
+//!   `status <code>: <body>` or `error: <ErrorCode>`;
+//! - `instance`: answers `requests before <n>, dirty bytes <m>` (what earlier requests
+//!   left in this instance's globals and in a 1 MiB static buffer), then dirties both and
+//!   1 MiB of heap: on a fresh instance, as Spin gives every request, it is always
+//!   `requests before 0, dirty bytes 0`.
 
 use spin_sdk::http::{IncomingRequest, Method, Request, Response};
 use spin_sdk::http_component;
 use spin_sdk::key_value::{Error as SpinKvError, Store};
 use spin_sdk::wit::wasi::keyvalue::store as wasi_store;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 #[http_component]
 async fn handle(request: IncomingRequest) -> Response {
@@ -35,9 +41,23 @@ async fn handle(request: IncomingRequest) -> Response {
         Some("kv-spin") => open_spin_store(&header("label").unwrap_or_default()),
         Some("kv-wasi") => open_wasi_bucket(&header("label").unwrap_or_default()),
         Some("outbound") => outbound_get(header("url").unwrap_or_default()).await,
+        Some("instance") => what_earlier_requests_left(),
         Some(other) => return text(400, format!("unknown probe {other:?}")),
     };
     text(200, body)
+}
+
+static REQUESTS: AtomicU64 = AtomicU64::new(0);
+static SCRATCH: Mutex<[u8; 1 << 20]> = Mutex::new([0; 1 << 20]);
+
+fn what_earlier_requests_left() -> String {
+    let before = REQUESTS.fetch_add(1, Ordering::Relaxed);
+    let mut scratch = SCRATCH.lock().unwrap_or_else(|e| e.into_inner());
+    let dirty = scratch.iter().filter(|&&b| b != 0).count();
+    scratch.fill(0xa5);
+    // Heap pages too: a later instance reusing this memory slot must not see them.
+    std::mem::forget(vec![0x5au8; 1 << 20]);
+    format!("requests before {before}, dirty bytes {dirty}")
 }
 
 fn spin_headers(request: &IncomingRequest, headers: &[(String, Vec<u8>)]) -> String {
