@@ -38,6 +38,8 @@ pub struct AppConfig {
     /// Redis address -> channel -> components.
     pub redis_subscriptions: BTreeMap<String, BTreeMap<String, Vec<String>>>,
     pub key_value_stores: BTreeMap<String, KeyValueStoreConfig>,
+    /// Outbound HTTP connections are kept for reuse (`[outbound_http]`).
+    pub connection_pooling: bool,
     /// Where `.spin/` (default SQLite store, compile cache) lives: the manifest's dir.
     pub state_dir: PathBuf,
 }
@@ -225,6 +227,7 @@ impl AppConfig {
             http_routes,
             redis_subscriptions,
             key_value_stores,
+            connection_pooling: runtime.connection_pooling(),
             state_dir: dir.join(".spin"),
         })
     }

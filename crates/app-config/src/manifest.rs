@@ -210,12 +210,24 @@ impl Manifest {
     }
 }
 
-/// `[key_value_store.<label>]` entries of `runtime-config.toml`.
+/// What `runtime-config.toml` may say: `[key_value_store.<label>]` entries and
+/// `[outbound_http]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
     #[serde(default)]
     pub key_value_store: BTreeMap<String, KeyValueStoreConfig>,
+    pub outbound_http: Option<OutboundHttpConfig>,
+}
+
+/// `[outbound_http]`. As in Spin, connections are pooled when the table is absent, but
+/// a table without `connection_pooling` turns pooling off (Spin's field defaults to
+/// false); Spin's connection limits are not supported here, and refused.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutboundHttpConfig {
+    #[serde(default)]
+    pub connection_pooling: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -232,6 +244,13 @@ pub enum KeyValueStoreConfig {
 impl RuntimeConfig {
     pub fn parse(text: &str) -> Result<RuntimeConfig> {
         Ok(toml::from_str(text)?)
+    }
+
+    /// Whether outbound HTTP connections are kept for reuse.
+    pub fn connection_pooling(&self) -> bool {
+        self.outbound_http
+            .as_ref()
+            .is_none_or(|table| table.connection_pooling)
     }
 }
 
@@ -394,6 +413,19 @@ source = "c.wasm"
             toml::from_str::<RuntimeConfig>("[sqlite_database.default]\ntype = \"spin\"\n")
                 .is_err()
         );
+    }
+
+    #[test]
+    fn outbound_http_pooling_is_on_without_the_table_and_off_in_a_table_without_it() {
+        let pooling = |text: &str| RuntimeConfig::parse(text).unwrap().connection_pooling();
+        assert!(pooling(""));
+        assert!(pooling("[outbound_http]\nconnection_pooling = true\n"));
+        assert!(!pooling("[outbound_http]\nconnection_pooling = false\n"));
+        assert!(!pooling("[outbound_http]\n"));
+        let err = RuntimeConfig::parse("[outbound_http]\nmax_connections = 4\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_connections"), "{err}");
     }
 
     #[test]

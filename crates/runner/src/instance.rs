@@ -14,6 +14,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 use crate::capabilities::allowed_hosts::AllowedHosts;
 use crate::capabilities::key_value::{ComponentStores, KeyValue};
 use crate::capabilities::otel::{Exporter, TraceScope};
+use crate::capabilities::outbound_http::client::HttpClient;
 use crate::capabilities::outbound_http::OutboundHttp;
 use crate::capabilities::outbound_redis::{Connections, OutboundRedis};
 use crate::capabilities::variables::Variables;
@@ -26,6 +27,8 @@ pub struct ComponentRuntime {
     pub stores: Arc<ComponentStores>,
     pub allowed_hosts: AllowedHosts,
     pub redis: Arc<Connections>,
+    /// The app's outbound HTTP connections.
+    pub http_client: HttpClient,
     pub exporter: Option<Arc<Exporter>>,
 }
 
@@ -41,7 +44,12 @@ impl ComponentRuntime {
             wasi: wasi.build(),
             table: ResourceTable::new(),
             http: WasiHttpCtx::new(),
-            outbound_http: OutboundHttp::new(&self.id, self.allowed_hosts.clone(), trace.clone()),
+            outbound_http: OutboundHttp::new(
+                &self.id,
+                self.allowed_hosts.clone(),
+                trace.clone(),
+                self.http_client.clone(),
+            ),
             key_value: KeyValue::new(&self.id, self.stores.clone(), trace.clone()),
             variables: Variables::new(&self.id, self.variables.clone()),
             outbound_redis: OutboundRedis::new(

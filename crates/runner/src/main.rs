@@ -14,6 +14,7 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use spin_runner::app::{AppConfig, Overrides};
 use spin_runner::capabilities::key_value::{Backend, ComponentStores};
 use spin_runner::capabilities::otel::Exporter;
+use spin_runner::capabilities::outbound_http::client::HttpClient;
 use spin_runner::capabilities::outbound_redis::Connections;
 use spin_runner::engine;
 use spin_runner::instance::ComponentRuntime;
@@ -142,6 +143,7 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
     let linker = engine::linker(&engine, args.experimental_wasi_otel)?;
     let cache_dir = app.state_dir.join("cache");
     let redis_connections = Arc::new(Connections::default());
+    let http_client = HttpClient::new(app.connection_pooling);
     let mut runtimes = BTreeMap::new();
     let mut pres = BTreeMap::new();
     for (id, c) in &app.components {
@@ -159,6 +161,7 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
                 stores: Arc::new(ComponentStores(stores)),
                 allowed_hosts: c.allowed_hosts.clone(),
                 redis: redis_connections.clone(),
+                http_client: http_client.clone(),
                 exporter: exporter.clone(),
             }),
         );

@@ -1,27 +1,38 @@
 //! Outbound `wasi:http` (linked from wasmtime-wasi-http), as Spin's
 //! `factor-outbound-http`: only to `allowed_outbound_hosts` (otherwise the guest gets
 //! `HttpRequestDenied`, as on Spin), each request in a client span under the guest's
-//! active span, with that span's `traceparent` injected so the server joins the trace.
+//! active span, with that span's `traceparent` injected so the server joins the trace,
+//! and sent on the app's pooled connections ([`client`]).
+
+pub mod client;
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue as Attribute;
 
 use super::allowed_hosts::{default_port, AllowedHosts};
 use super::otel::{Parent, TraceScope};
+use client::HttpClient;
 
 /// The `wasi:http` hooks of one instance.
 pub struct OutboundHttp {
     component: String,
     allowed: AllowedHosts,
     trace: TraceScope,
+    client: HttpClient,
 }
 
 impl OutboundHttp {
-    pub fn new(component: &str, allowed: AllowedHosts, trace: TraceScope) -> OutboundHttp {
+    pub fn new(
+        component: &str,
+        allowed: AllowedHosts,
+        trace: TraceScope,
+        client: HttpClient,
+    ) -> OutboundHttp {
         OutboundHttp {
             component: component.to_owned(),
             allowed,
             trace,
+            client,
         }
     }
 }
@@ -74,10 +85,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
         }
         tracing::debug!(component = %self.component, %method, %uri, "outbound HTTP");
         host_telemetry::inject(&span.context(), request.headers_mut());
+        let client = self.client.clone();
         Box::new(async move {
-            use http_body_util::BodyExt;
-            match wasmtime_wasi_http::default_send_request(request, options).await {
-                Ok((response, io)) => {
+            match client.send(request, options).await {
+                Ok(response) => {
                     let status = response.status().as_u16();
                     span.set_attribute(Attribute::new(
                         "http.response.status_code",
@@ -86,8 +97,10 @@ impl wasmtime_wasi_http::WasiHttpHooks for OutboundHttp {
                     if status >= 400 {
                         span.fail(format!("answered {status}"));
                     }
+                    // The client's own task drives the connection: nothing to await.
+                    let io = async { Ok(()) };
                     Ok((
-                        response.map(BodyExt::boxed_unsync),
+                        response,
                         Box::new(io) as Box<dyn std::future::Future<Output = _> + Send>,
                     ))
                 }
@@ -127,6 +140,7 @@ mod tests {
             "c",
             hosts(&["http://127.0.0.1:8025"]),
             TraceScope::disabled(),
+            HttpClient::new(true),
         );
         for denied in [
             "https://evil.example/steal",
@@ -150,6 +164,7 @@ mod tests {
             "c",
             hosts(&[&format!("http://127.0.0.1:{port}")]),
             TraceScope::disabled(),
+            HttpClient::new(true),
         );
         let sent = hooks.send_request(
             request(&format!("http://127.0.0.1:{port}/x")),
