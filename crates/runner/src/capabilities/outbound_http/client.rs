@@ -64,6 +64,9 @@ impl HttpClient {
         let connect_timeout = option(|o| o.connect_timeout);
         let first_byte_timeout = option(|o| o.first_byte_timeout);
         let between_bytes_timeout = option(|o| o.between_bytes_timeout).max(Duration::new(0, 1));
+        if request.uri().authority().is_none() {
+            return Err(Error::HttpRequestUriInvalid);
+        }
         // The client writes `Host` from the URI; one from the guest could disagree (Spin
         // drops it too).
         request.headers_mut().remove(http::header::HOST);
@@ -404,6 +407,15 @@ mod tests {
                 "pooling {pooling}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_request_without_a_host_is_an_invalid_uri() {
+        let error = HttpClient::new(true)
+            .send(get("/relative"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, Error::HttpRequestUriInvalid), "{error:?}");
     }
 
     #[tokio::test]
