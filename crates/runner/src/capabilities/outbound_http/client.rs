@@ -25,6 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
+use crate::capabilities::allowed_hosts::default_port;
+
 /// What `wasmtime-wasi-http`'s own sender waits when the guest sets no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
@@ -119,7 +121,7 @@ fn hyper_error(error: &hyper::Error) -> Error {
 
 /// Why no connection could be made (kept apart from hyper's errors, so the guest gets
 /// the precise code).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 enum ConnectError {
     Timeout,
     Refused(String),
@@ -188,7 +190,10 @@ impl Connector {
             .trim_end_matches(']')
             .to_owned();
         let tls = uri.scheme() == Some(&Scheme::HTTPS);
-        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let port = uri
+            .port_u16()
+            .or_else(|| default_port(uri.scheme_str().unwrap_or_default()))
+            .ok_or(ConnectError::InvalidName)?;
         let connect = async {
             let addresses: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
                 .await
@@ -434,17 +439,26 @@ mod tests {
         assert!(matches!(error, Error::ConnectionRefused), "{error:?}");
     }
 
-    #[tokio::test]
-    async fn a_server_silent_before_its_answer_or_inside_its_body_times_out() {
-        // Silent before the head: the first-byte timeout.
+    /// A server that reads one request, writes `reply` (perhaps nothing, perhaps part of
+    /// an answer) and then stays silent.
+    async fn silent_after(reply: &'static [u8]) -> String {
+        use tokio::io::AsyncWriteExt;
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent = format!("http://{}/", listener.local_addr().unwrap());
+        let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut request = [0; 1024];
             let _ = stream.read(&mut request).await;
+            let _ = stream.write_all(reply).await;
             tokio::time::sleep(Duration::from_secs(30)).await;
         });
+        url
+    }
+
+    #[tokio::test]
+    async fn a_server_silent_before_its_answer_or_inside_its_body_times_out() {
+        // Silent before the head: the first-byte timeout.
+        let silent = silent_after(b"").await;
         let error = HttpClient::new(true)
             .send(get(&silent), timeouts(1_000, 200, 1_000))
             .await
@@ -452,18 +466,7 @@ mod tests {
         assert!(matches!(error, Error::ConnectionReadTimeout), "{error:?}");
 
         // Silent after part of the body: the between-bytes timeout.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let stalling = format!("http://{}/", listener.local_addr().unwrap());
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = [0; 1024];
-            let _ = stream.read(&mut request).await;
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf")
-                .await;
-            tokio::time::sleep(Duration::from_secs(30)).await;
-        });
+        let stalling = silent_after(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhalf").await;
         let response = HttpClient::new(true)
             .send(get(&stalling), timeouts(1_000, 1_000, 200))
             .await
