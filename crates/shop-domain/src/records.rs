@@ -77,7 +77,8 @@ pub fn begin_order(kv: &impl KeyValue, mut order: Order) -> Result<Order, StoreE
 /// What redrive adds to an order's commit counter to give it up; the request adds 1.
 /// The counter thus records who decided first: 1 (+ any number of `ABANDON`) means the
 /// request committed, a multiple of `ABANDON` that redrive gave it up, and a later
-/// redrive reads that instead of deciding again.
+/// redrive reads that instead of deciding again. A request that comes too late adds the
+/// rest of an `ABANDON` to its 1 (see [`commit_order`]), so that the sum still says so.
 const ABANDON: i64 = 1 << 20;
 
 /// Records `order` if its request still may: it wins the commit claim, unless redrive
@@ -85,6 +86,11 @@ const ABANDON: i64 = 1 << 20;
 /// back what it holds).
 pub fn commit_order(kv: &impl KeyValue, order: &Order) -> Result<bool, StoreError> {
     if kv.increment(&keys::order_commit(&order.id), 1)? != 1 {
+        // Too late: additions do not keep their order, and this 1 on top of redrive's
+        // `ABANDON` would read as "committed first" to the next redrive, which would
+        // record an order whose stock is given back. Rounding it up to a whole
+        // `ABANDON` keeps the counter saying "given up" before anything is released.
+        kv.increment(&keys::order_commit(&order.id), ABANDON - 1)?;
         return Ok(false);
     }
     save_order(kv, order)?;
@@ -169,7 +175,9 @@ pub enum Fate {
 /// and remembers it. Fences a request that is only slow: it can no longer commit.
 pub fn settle_draft(kv: &impl KeyValue, draft: &Order) -> Result<Fate, StoreError> {
     let decided = kv.increment(&keys::order_commit(&draft.id), ABANDON)?;
-    if decided % ABANDON != 1 {
+    // Between a late request's two additions the counter reads "committed"; the stock
+    // that the first redrive released right after giving the order up says otherwise.
+    if decided % ABANDON != 1 || stock::any_released(kv, &draft.id, &draft.lines)? {
         // Given up: what it held goes back (once, however often this runs). The line its
         // request was taking when it stopped, if any, may or may not have reached the
         // counter: in doubt.
@@ -390,6 +398,34 @@ mod tests {
             assert_eq!(load_order(&kv, &refused.id).unwrap(), None);
         }
         assert!(!commit_order(&kv, &refused).unwrap());
+        // Its request was only slow and tried to commit after all: still given up.
+        let found = sweep(&kv, at("2026-11-24T10:09:00Z"), 60, 100).unwrap();
+        assert!(found.completed.is_empty(), "after a late commit: {found:?}");
+        assert_eq!(load_order(&kv, &refused.id).unwrap(), None);
+    }
+
+    #[test]
+    fn a_late_commit_caught_halfway_does_not_revive_a_given_up_draft() {
+        let kv = MemoryStore::new(CounterEncoding::LittleEndian8);
+        let _unfinished = place(&kv, 1, "2026-11-24T10:00:00Z");
+        let slow = draft(&kv, 2, "2026-11-24T10:00:00Z");
+        crate::stock::reserve(&kv, &slow.id, &slow.lines).unwrap();
+        let found = sweep(&kv, at("2026-11-24T10:01:00Z"), 60, 100).unwrap();
+        assert_eq!(found.abandoned, std::slice::from_ref(&slow.id));
+        let stock_after_release = kv.counter(&keys::stock("SPIN-MUG")).unwrap();
+        // The slow request's first addition has landed, its second not yet, when the
+        // next redrive looks.
+        assert_eq!(
+            kv.increment(&keys::order_commit(&slow.id), 1).unwrap(),
+            ABANDON + 1
+        );
+        let found = sweep(&kv, at("2026-11-24T10:02:00Z"), 60, 100).unwrap();
+        assert!(found.completed.is_empty(), "{found:?}");
+        assert_eq!(load_order(&kv, &slow.id).unwrap(), None);
+        assert_eq!(
+            kv.counter(&keys::stock("SPIN-MUG")).unwrap(),
+            stock_after_release
+        );
     }
 
     #[test]
