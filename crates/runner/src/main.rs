@@ -23,6 +23,9 @@ use spin_runner::routes::Router;
 use spin_runner::triggers::redis::RedisTriggerPre;
 use spin_runner::triggers::{http as http_trigger, redis as redis_trigger};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     version,
