@@ -274,10 +274,14 @@ fn reserve_line(
             }));
         }
     }
+    // The units are taken: a marker that cannot be written leaves the line neither held
+    // nor released, for redrive to record in doubt (releasing it here would mark it
+    // released while nobody gives the units back, and nothing would say so).
     kv.set(
         &keys::held(order_id, &line.sku),
         line.quantity.to_string().as_bytes(),
-    )?;
+    )
+    .map_err(LineFailure::Unsure)?;
     Ok(())
 }
 
@@ -677,6 +681,49 @@ mod tests {
         release(&kv, "o2", &[line("SPIN-MUG", 3)]).unwrap();
         assert_eq!(stock_of(&kv, "SPIN-MUG"), 100);
         assert_eq!(super::doubts(&kv).unwrap().len(), 2);
+    }
+
+    /// A store that refuses every write of `key` (Redis gone between two calls).
+    struct RefusesSet<'a> {
+        inner: &'a MemoryStore,
+        key: String,
+    }
+
+    impl KeyValue for RefusesSet<'_> {
+        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            if key == self.key {
+                return Err(StoreError("connection refused".into()));
+            }
+            self.inner.set(key, value)
+        }
+        fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+            self.inner.increment(key, delta)
+        }
+    }
+
+    #[test]
+    fn units_taken_whose_held_marker_failed_are_left_for_the_doubt_not_lost() {
+        let kv = MemoryStore::new(CounterEncoding::LittleEndian8);
+        ensure_catalogue_seeded(&kv).unwrap();
+        let lines = [line("SPIN-MUG", 1), line("LIMITED-PRINT", 2)];
+        let failing = RefusesSet {
+            inner: &kv,
+            key: keys::held("o1", "LIMITED-PRINT"),
+        };
+        assert!(matches!(
+            reserve(&failing, "o1", &lines),
+            Err(StockError::Store(_))
+        ));
+        assert_eq!(stock_of(&kv, "SPIN-MUG"), 100);
+        assert_eq!(stock_of(&kv, "LIMITED-PRINT"), 1);
+        // Whoever settles the order finds the line whose units went missing.
+        assert_eq!(
+            line_being_taken(&kv, "o1", &lines).unwrap(),
+            Some(&lines[1])
+        );
     }
 
     /// A store through which one caller works while another acts at one exact point:
