@@ -606,23 +606,36 @@ mod tests {
         ));
     }
 
-    /// A store that applies the change to `key` and then fails to answer, as Redis does
-    /// when it is killed between the two.
-    struct LosesAnswer<'a> {
-        inner: &'a MemoryStore,
-        key: String,
+    /// How [`FailsOn`] fails at its key.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Fault {
+        /// Applies an increment and then fails to answer, as Redis does when it is
+        /// killed between the two.
+        LosesAnswer,
+        /// Refuses every write (Redis gone between two calls).
+        RefusesSet,
     }
 
-    impl KeyValue for LosesAnswer<'_> {
+    /// A store that fails as `fault` says on `key`, and works on every other key.
+    struct FailsOn<'a> {
+        inner: &'a MemoryStore,
+        key: String,
+        fault: Fault,
+    }
+
+    impl KeyValue for FailsOn<'_> {
         fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
             self.inner.get(key)
         }
         fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+            if key == self.key && self.fault == Fault::RefusesSet {
+                return Err(StoreError("connection refused".into()));
+            }
             self.inner.set(key, value)
         }
         fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
             let value = self.inner.increment(key, delta)?;
-            if key == self.key {
+            if key == self.key && self.fault == Fault::LosesAnswer {
                 return Err(StoreError("connection reset".into()));
             }
             Ok(value)
@@ -634,9 +647,10 @@ mod tests {
         let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
         ensure_catalogue_seeded(&kv).unwrap();
         let lines = [line("SPIN-MUG", 1), line("LIMITED-PRINT", 2)];
-        let lossy = LosesAnswer {
+        let lossy = FailsOn {
             inner: &kv,
             key: keys::stock("LIMITED-PRINT"),
+            fault: Fault::LosesAnswer,
         };
         assert!(matches!(
             reserve(&lossy, "o1", &lines),
@@ -673,9 +687,10 @@ mod tests {
 
         // A give-back whose answer is lost: recorded by the caller that saw it fail.
         reserve(&kv, "o2", &[line("SPIN-MUG", 3)]).unwrap();
-        let lossy = LosesAnswer {
+        let lossy = FailsOn {
             inner: &kv,
             key: keys::stock("SPIN-MUG"),
+            fault: Fault::LosesAnswer,
         };
         assert!(release(&lossy, "o2", &[line("SPIN-MUG", 3)]).is_err());
         release(&kv, "o2", &[line("SPIN-MUG", 3)]).unwrap();
@@ -683,35 +698,15 @@ mod tests {
         assert_eq!(super::doubts(&kv).unwrap().len(), 2);
     }
 
-    /// A store that refuses every write of `key` (Redis gone between two calls).
-    struct RefusesSet<'a> {
-        inner: &'a MemoryStore,
-        key: String,
-    }
-
-    impl KeyValue for RefusesSet<'_> {
-        fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
-            if key == self.key {
-                return Err(StoreError("connection refused".into()));
-            }
-            self.inner.set(key, value)
-        }
-        fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
-            self.inner.increment(key, delta)
-        }
-    }
-
     #[test]
     fn units_taken_whose_held_marker_failed_are_left_for_the_doubt_not_lost() {
         let kv = MemoryStore::new(CounterEncoding::LittleEndian8);
         ensure_catalogue_seeded(&kv).unwrap();
         let lines = [line("SPIN-MUG", 1), line("LIMITED-PRINT", 2)];
-        let failing = RefusesSet {
+        let failing = FailsOn {
             inner: &kv,
             key: keys::held("o1", "LIMITED-PRINT"),
+            fault: Fault::RefusesSet,
         };
         assert!(matches!(
             reserve(&failing, "o1", &lines),
