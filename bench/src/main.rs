@@ -6,7 +6,8 @@
 //!    /api/orders` at each concurrency.
 //! 3. End to end, with fulfilment and the dev mail API (answering at once, then after
 //!    150 ms): orders offered at a fixed rate for a fixed time; accepted and emailed
-//!    orders/s, the time from an order's acceptance to its email, and the backlog.
+//!    orders/s, the time from an order's acceptance to its email, and the backlog. Then
+//!    the highest rate the whole app keeps up with (mail at once), by bisection.
 //! 4. Cost: `POST` latency for 1, 5 and 10 lines; the runner's memory idle and under
 //!    load; time to the first answer with and without the compiled-component cache.
 //! 5. With `spin` on PATH, the same under `spin up`.
@@ -38,6 +39,9 @@ pub struct Settings {
     /// Orders per second offered end to end with the mail API answering at once, as
     /// fractions of what checkout alone accepted at 32 connections.
     pub instant_mail_load: Vec<f64>,
+    /// Bisection steps searching for the highest rate end to end keeps up with (mail at
+    /// once), between the fixed rates above that kept up and did not.
+    pub keep_up_search_steps: u32,
     /// Orders per second offered end to end with the mail API answering in 150 ms.
     pub slow_mail_rates: Vec<u32>,
     pub slow_mail_delay_ms: u64,
@@ -60,6 +64,7 @@ impl Settings {
                 seconds: 1.0,
                 concurrencies: vec![1, 8],
                 instant_mail_load: vec![0.2],
+                keep_up_search_steps: 1,
                 slow_mail_rates: vec![20],
                 slow_mail_delay_ms: 150,
                 drain_seconds: 30.0,
@@ -71,6 +76,7 @@ impl Settings {
             seconds: number("BENCH_SECONDS", 10.0),
             concurrencies: vec![1, 8, 32, 128],
             instant_mail_load: vec![0.25, 0.5],
+            keep_up_search_steps: number("BENCH_KEEP_UP_STEPS", 3.0) as u32,
             slow_mail_rates: vec![120, number("BENCH_SLOW_MAIL_RATE", 400.0) as u32],
             slow_mail_delay_ms: 150,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
@@ -93,6 +99,9 @@ pub struct HostResults {
     /// project's trace viewer (beside `orders`, which exports nothing).
     pub orders_exported: Figures,
     pub end_to_end: Vec<EndToEnd>,
+    /// The highest offered rate end to end kept up with (mail at once), and the lowest
+    /// it did not, after the bisection.
+    pub keeps_up: KeepsUp,
     pub memory: stack::Memory,
     pub startup: stack::Startup,
 }
@@ -100,6 +109,42 @@ pub struct HostResults {
 impl HostResults {
     pub fn at(figures: &[Figures], connections: u32) -> Option<&Figures> {
         figures.iter().find(|f| f.connections == connections)
+    }
+}
+
+/// Where the bisection for end to end's sustainable rate ended.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct KeepsUp {
+    /// The highest rate measured that kept up (none when even the lowest did not).
+    pub highest_kept_up: Option<u32>,
+    /// The lowest rate measured that did not (none when all did: checkout alone's rate
+    /// is then the bound).
+    pub lowest_fell_behind: Option<u32>,
+    /// What checkout alone accepted at 32 connections, the ceiling of the search.
+    pub checkout_alone: u32,
+}
+
+impl KeepsUp {
+    fn of(runs: &[EndToEnd], checkout_alone: u32) -> KeepsUp {
+        let instant = || runs.iter().filter(|e| e.mail_delay_ms == 0);
+        KeepsUp {
+            highest_kept_up: instant()
+                .filter(|e| e.kept_up)
+                .map(|e| e.offered_per_second)
+                .max(),
+            lowest_fell_behind: instant()
+                .filter(|e| !e.kept_up)
+                .map(|e| e.offered_per_second)
+                .min(),
+            checkout_alone,
+        }
+    }
+
+    /// The next rate to try: halfway between the two bounds.
+    fn next(&self) -> u32 {
+        let low = self.highest_kept_up.unwrap_or(0);
+        let high = self.lowest_fell_behind.unwrap_or(self.checkout_alone);
+        low + high.saturating_sub(low) / 2
     }
 }
 
@@ -239,24 +284,31 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     let orders_exported = load(&traced.url("/api/orders"), "POST", Some(&order), 32, &watch)?;
     drop(traced);
 
-    // 3. End to end: the whole app, at fixed offered rates.
-    let mut end_to_end = Vec::new();
-    let plans = settings
-        .instant_mail_load
-        .iter()
-        .map(|share| ((checkout_rate * share).round().max(1.0) as u32, 0))
-        .chain(
-            settings
-                .slow_mail_rates
-                .iter()
-                .map(|&rate| (rate, settings.slow_mail_delay_ms)),
-        );
-    for (rate, delay_ms) in plans {
+    // 3. End to end: the whole app, at fixed offered rates, then the highest rate it
+    // keeps up with (mail at once) by bisection between those that did and did not.
+    let run = |rate: u32, delay_ms: u64| -> Result<EndToEnd> {
         let redis = e2e::Redis::start(scratch);
         let mail = e2e::DevMail::start(scratch);
         let shop = Shop::start(host, scratch, &redis, &mail, &[])?;
         shop.stock_up()?;
-        end_to_end.push(shop.end_to_end(&redis, &mail, rate, delay_ms, settings)?);
+        shop.end_to_end(&redis, &mail, rate, delay_ms, settings)
+    };
+    let mut end_to_end = Vec::new();
+    for share in &settings.instant_mail_load {
+        end_to_end.push(run((checkout_rate * share).round().max(1.0) as u32, 0)?);
+    }
+    let checkout_alone = checkout_rate.round() as u32;
+    for _ in 0..settings.keep_up_search_steps {
+        let bounds = KeepsUp::of(&end_to_end, checkout_alone);
+        let rate = bounds.next();
+        if [bounds.highest_kept_up, bounds.lowest_fell_behind].contains(&Some(rate)) {
+            break;
+        }
+        end_to_end.push(run(rate.max(1), 0)?);
+    }
+    let keeps_up = KeepsUp::of(&end_to_end, checkout_alone);
+    for &rate in &settings.slow_mail_rates {
+        end_to_end.push(run(rate, settings.slow_mail_delay_ms)?);
     }
 
     Ok(HostResults {
@@ -267,6 +319,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         order_lines,
         orders_exported,
         end_to_end,
+        keeps_up,
         memory,
         startup,
     })

@@ -183,4 +183,21 @@ fn host_tables(out: &mut String, host: &HostResults) {
             )
         );
     }
+    let keeps_up = &host.keeps_up;
+    let checkout_alone = Some(f64::from(keeps_up.checkout_alone));
+    let kept_up = match keeps_up.highest_kept_up {
+        Some(rate) => format!(
+            "keeps up with {rate} orders/s ({} of checkout alone)",
+            ratio(Some(f64::from(rate)), checkout_alone)
+        ),
+        None => "kept up with none of the rates tried".to_owned(),
+    };
+    let fell_behind = match keeps_up.lowest_fell_behind {
+        Some(rate) => format!(
+            "fell behind at {rate} ({})",
+            ratio(Some(f64::from(rate)), checkout_alone)
+        ),
+        None => "kept up with every rate tried".to_owned(),
+    };
+    let _ = writeln!(out, "End to end (mail at once) {kept_up}; {fell_behind}.");
 }

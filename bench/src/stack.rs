@@ -405,18 +405,23 @@ impl Shop {
         });
         let drain_s = started.elapsed().as_secs_f64() - load_seconds;
         let latency = emails.order_to_email_ms(self, start_emails)?;
+        let growth = backlog_slope(&samples);
+        let unexpected_answers = figures.unexpected(202);
         Ok(EndToEnd {
             offered_per_second: rate,
             mail_delay_ms: delay_ms,
             accepted_per_second: accepted as f64 / figures.seconds,
             emailed_per_second_during_load: emailed_during_load as f64 / figures.seconds,
             backlog_at_end,
-            backlog_growth_per_second: backlog_slope(&samples),
+            backlog_growth_per_second: growth,
+            kept_up: unexpected_answers == 0
+                && emailed_during_load as f64 >= 0.95 * accepted as f64
+                && growth < 0.02 * f64::from(rate),
             drained,
             drain_seconds: drain_s,
             order_to_email_p50_ms: latency.0,
             order_to_email_p99_ms: latency.1,
-            unexpected_answers: figures.unexpected(202),
+            unexpected_answers,
             checkout: figures,
         })
     }
@@ -445,6 +450,11 @@ pub struct EndToEnd {
     /// How fast the backlog grew over the second half of the load (orders/s; about 0
     /// when fulfilment keeps up).
     pub backlog_growth_per_second: f64,
+    /// Whether fulfilment kept pace with the orders accepted: every answer as expected,
+    /// at least 95% of the accepted orders emailed during the load (the rest in flight),
+    /// and over the second half of the load a backlog growing by less than 2% of the
+    /// offered rate.
+    pub kept_up: bool,
     pub drained: bool,
     /// From the end of the load until every accepted order was emailed (or the wait
     /// gave up).

@@ -75,7 +75,31 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         .iter()
         .map(|e| e["mail_delay_ms"].as_u64().unwrap())
         .collect();
-    assert_eq!(delays, [0, 150]);
+    // One fixed rate with the mail API at once, one bisection step above it, then slow.
+    assert_eq!(delays, [0, 0, 150]);
+    let offered: Vec<u64> = end_to_end
+        .iter()
+        .map(|e| e["offered_per_second"].as_u64().unwrap())
+        .collect();
+    let keeps_up = &runner["keeps_up"];
+    let ceiling = keeps_up["checkout_alone"].as_u64().unwrap();
+    let (low, high) = if end_to_end[0]["kept_up"] == true {
+        (offered[0], ceiling)
+    } else {
+        (0, offered[0])
+    };
+    assert_eq!(offered[1], low + (high - low) / 2, "{keeps_up}");
+    // The bounds it reports are rates it measured, the one kept up with below the other.
+    let measured =
+        |bound: &Value| bound.is_null() || offered[..2].contains(&bound.as_u64().unwrap());
+    assert!(measured(&keeps_up["highest_kept_up"]), "{keeps_up}");
+    assert!(measured(&keeps_up["lowest_fell_behind"]), "{keeps_up}");
+    if let (Some(kept), Some(fell)) = (
+        keeps_up["highest_kept_up"].as_u64(),
+        keeps_up["lowest_fell_behind"].as_u64(),
+    ) {
+        assert!(kept < fell, "{keeps_up}");
+    }
     for run in end_to_end {
         assert_eq!(run["drained"], true, "{run}");
         assert!(run["accepted_per_second"].as_f64() > Some(0.0), "{run}");
