@@ -329,6 +329,19 @@ where
         Lease::Acquired { attempt, .. } => attempt,
         // Another handler (a replica, or a redrive overlapping a slow one) is sending.
         Lease::Held { .. } => return Ok(()),
+        // Sent or refused for good. If the order's record no longer says so (a handler
+        // working from an older copy wrote it back afterwards), the lease does: put it
+        // back, or the order would stay pending for ever with nobody allowed to send.
+        Lease::Done { result } => {
+            let outcome = result.and_then(|r| serde_json::from_str::<OrderEvent>(&r).ok());
+            return match outcome {
+                Some(
+                    event @ (OrderEvent::NotificationSent { .. }
+                    | OrderEvent::NotificationFailed { .. }),
+                ) => record(kv, env, trace, order, event),
+                _ => Ok(()),
+            };
+        }
     };
     // It may have finished while we were settling.
     if let Some(fresh) = records::load_order(kv, &order.id)? {
@@ -427,9 +440,10 @@ where
             }
         };
         drop(step);
+        let result = serde_json::to_string(&event).unwrap_or_default();
         record(kv, env, trace, order, event)?;
         // Sent or refused for good: nobody sends this email again.
-        return lease::close(kv, &lease_name, attempt_owned);
+        return lease::close(kv, &lease_name, attempt_owned, &result);
     }
 }
 

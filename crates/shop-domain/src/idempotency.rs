@@ -99,6 +99,10 @@ pub fn begin(
     }
     match lease::acquire(kv, &lease_name(key_hash), now, lease_secs)? {
         Lease::Held { retry_after } => Ok(Start::InProgress { retry_after }),
+        // Never closed (an answer is kept in the record instead): busy, as if held.
+        Lease::Done { .. } => Ok(Start::InProgress {
+            retry_after: lease_secs,
+        }),
         Lease::Acquired { attempt, .. } => {
             // Between our first read and the lease, an owner may have answered.
             let record = match load(kv, key_hash)? {

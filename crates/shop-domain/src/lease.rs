@@ -14,20 +14,42 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{KeyValue, StoreError};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Record {
     attempt: u32,
-    /// Unix seconds; 0 = given up (the next caller may take over at once).
+    /// Unix seconds; 0 = given up (the next caller may take over at once); `i64::MAX`
+    /// = closed for good.
     until: i64,
+    /// What the work came to, kept by [`close`]: the lease outlives any other record
+    /// of it that a stale writer may overwrite.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    result: Option<String>,
 }
 
 /// What [`acquire`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lease {
     /// The caller owns attempt `attempt` until `until` (unix seconds).
     Acquired { attempt: u32, until: i64 },
     /// Someone else holds it, for at most `retry_after` more seconds.
     Held { retry_after: i64 },
+    /// Closed for good: the work is done, with the result its owner gave [`close`].
+    Done { result: Option<String> },
+}
+
+impl Record {
+    /// What a caller who finds this record (and may not take over) is told.
+    fn refusal(self, now: i64) -> Lease {
+        if self.until == i64::MAX {
+            Lease::Done {
+                result: self.result,
+            }
+        } else {
+            Lease::Held {
+                retry_after: self.until - now,
+            }
+        }
+    }
 }
 
 fn record_key(name: &str) -> String {
@@ -60,27 +82,29 @@ pub fn acquire(
 ) -> Result<Lease, StoreError> {
     let mut attempt = match load(kv, name)? {
         None => 0,
-        Some(r) if r.until > now => {
-            return Ok(Lease::Held {
-                retry_after: r.until - now,
-            })
-        }
+        Some(r) if r.until > now => return Ok(r.refusal(now)),
         Some(r) => r.attempt + 1,
     };
     // Bounded: each step up needs a full lease of silence from an owner.
     for _ in 0..8 {
         if kv.claim(&claim_key(name, attempt))? {
             let until = now + seconds;
-            write(kv, name, Record { attempt, until })?;
+            write(
+                kv,
+                name,
+                Record {
+                    attempt,
+                    until,
+                    result: None,
+                },
+            )?;
             return Ok(Lease::Acquired { attempt, until });
         }
         // Someone claimed this attempt first. Held if their record shows it...
         if let Some(r) = load(kv, name)? {
             if r.attempt >= attempt {
                 if r.until > now {
-                    return Ok(Lease::Held {
-                        retry_after: r.until - now,
-                    });
+                    return Ok(r.refusal(now));
                 }
                 attempt = r.attempt + 1;
                 continue;
@@ -129,20 +153,26 @@ pub fn give_up(kv: &impl KeyValue, name: &str, attempt: u32) -> Result<(), Store
     if superseded(kv, name, attempt)? {
         return Ok(());
     }
-    write(kv, name, Record { attempt, until: 0 })
-}
-
-/// Closes the lease for good: the work is done and must never be taken over (an email
-/// sent, or refused for ever).
-pub fn close(kv: &impl KeyValue, name: &str, attempt: u32) -> Result<(), StoreError> {
     write(
         kv,
         name,
         Record {
             attempt,
-            until: i64::MAX,
+            until: 0,
+            result: None,
         },
     )
+}
+
+/// Closes the lease for good: the work is done and must never be taken over (an email
+/// sent, or refused for ever). Later callers of [`acquire`] get `result` back.
+pub fn close(kv: &impl KeyValue, name: &str, attempt: u32, result: &str) -> Result<(), StoreError> {
+    let record = Record {
+        attempt,
+        until: i64::MAX,
+        result: Some(result.to_owned()),
+    };
+    write(kv, name, record)
 }
 
 /// Whether someone has taken over from attempt `attempt` (claimed the next one). An
@@ -192,11 +222,13 @@ mod tests {
     fn a_closed_lease_is_never_taken_over() {
         let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
         acquire(&kv, "l", 0, 30).unwrap();
-        close(&kv, "l", 0).unwrap();
-        assert!(matches!(
+        close(&kv, "l", 0, "sent").unwrap();
+        assert_eq!(
             acquire(&kv, "l", 1_000_000_000, 30).unwrap(),
-            Lease::Held { .. }
-        ));
+            Lease::Done {
+                result: Some("sent".into())
+            }
+        );
     }
 
     #[test]

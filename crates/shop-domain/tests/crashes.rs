@@ -17,7 +17,7 @@ use shop_domain::event::OrderPlaced;
 use shop_domain::fulfilment::{self, Outcome};
 use shop_domain::mail::{MailConfig, MailRequest, RetryPolicy};
 use shop_domain::memory_store::{CounterEncoding, MemoryStore};
-use shop_domain::order::Notification;
+use shop_domain::order::{Notification, OrderEvent};
 use shop_domain::ports::{Environment, MailAnswer, Mailer, NoTrace, Publisher, SendFailure};
 use shop_domain::records;
 use shop_domain::store::{keys, KeyValue, StoreError};
@@ -686,6 +686,52 @@ fn a_handler_taking_on_waiting_orders_killed_anywhere_is_taken_over_by_redrive()
             assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 3);
         }
     }
+}
+
+#[test]
+fn an_email_outcome_lost_to_an_old_copy_is_put_back_from_the_closed_lease() {
+    // Two handlers on one order (a replica's epoch 0 and a redrive's epoch 1). The
+    // second read the order, accepted, and its write of "confirmed" was held up (a store
+    // retry) until after the first had confirmed it, sent the email and closed the
+    // mail lease: the late write leaves the order confirmed with its email pending.
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let inbox = Inbox::default();
+    let events = place_mugs(&kv, &world, 1);
+    let id = &events[0].order_id;
+    let mut late_copy = records::load_order(&kv, id).unwrap().unwrap();
+    futures::executor::block_on(fulfilment::process(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        &events[0].to_json(),
+        &fulfilment_settings(),
+    ))
+    .unwrap();
+    assert!(late_copy.apply(&OrderEvent::Confirmed, "2026-01-01T00:00:00Z"));
+    records::save_order(&kv, &late_copy).unwrap();
+    let order = records::load_order(&kv, id).unwrap().unwrap();
+    assert!(!order.is_finished(), "{order:?}");
+
+    // The next handler (redrive's, which republishes unfinished orders) finds the lease
+    // closed: the email is not sent again, and the order gets its outcome back.
+    futures::executor::block_on(fulfilment::fulfil(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        fulfilment::Claimed { order, epoch: 2 },
+        &fulfilment_settings(),
+    ))
+    .unwrap();
+    let order = records::load_order(&kv, id).unwrap().unwrap();
+    assert!(order.is_finished(), "{order:?}");
+    assert!(
+        matches!(order.notification, Notification::Sent { .. }),
+        "{order:?}"
+    );
+    assert_eq!(inbox.0.borrow().len(), 1);
 }
 
 #[test]
