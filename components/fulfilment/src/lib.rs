@@ -125,14 +125,11 @@ async fn take_on_waiting(
             settings,
         )
     };
-    let waiting = match claimed {
-        Ok(waiting) => waiting,
-        Err(e) => {
-            // Nothing claimed is lost: each waits for its own event, or redrive.
-            eprintln!("fulfilment: looking for waiting orders: {e}");
-            return;
-        }
-    };
+    if let Some(e) = &claimed.stopped_by {
+        // Those behind the ones claimed wait for their own events, or redrive.
+        eprintln!("fulfilment: looking for waiting orders: {e}");
+    }
+    let waiting = claimed.claimed;
     if waiting.is_empty() {
         return;
     }

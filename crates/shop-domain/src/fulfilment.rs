@@ -146,6 +146,16 @@ pub struct Claimed {
     pub epoch: u64,
 }
 
+/// The orders [`claim_waiting`] claimed, and the store error that stopped it early, if
+/// one did.
+#[derive(Debug, Default)]
+pub struct Waiting {
+    /// Claimed by this handler: their own events are now no-ops, so it must fulfil
+    /// every one of them, even when the search stopped on an error.
+    pub claimed: Vec<Claimed>,
+    pub stopped_by: Option<StoreError>,
+}
+
 /// Claims the orders waiting behind the order numbered `sequence` on its shard, at
 /// most `settings.batch`: recorded, unfinished, and nobody's yet. Stops at the first
 /// that is not (not numbered yet, still being placed, finished or claimed: whoever
@@ -156,20 +166,24 @@ pub fn claim_waiting<K: KeyValue, E: Environment, T: Trace>(
     trace: &T,
     sequence: i64,
     settings: &Settings,
-) -> Result<Vec<Claimed>, StoreError> {
-    let mut claimed = Vec::new();
+) -> Waiting {
+    let mut waiting = Waiting::default();
     if sequence <= 0 || settings.batch == 0 {
-        return Ok(claimed);
+        return waiting;
     }
     // Its reads run while this handler's own send is in flight: a step of their own
     // keeps the host's key-value spans off that send's span.
     let mut step = trace.step("claim waiting orders");
-    let result = claim_waiting_behind(kv, env, sequence, settings, &mut claimed);
-    step.attribute("shop.fulfilment.taken_on", (claimed.len() as i64).into());
-    if let Err(e) = &result {
+    let result = claim_waiting_behind(kv, env, sequence, settings, &mut waiting.claimed);
+    step.attribute(
+        "shop.fulfilment.taken_on",
+        (waiting.claimed.len() as i64).into(),
+    );
+    if let Err(e) = result {
         step.fail(&e.to_string());
+        waiting.stopped_by = Some(e);
     }
-    result.map(|()| claimed)
+    waiting
 }
 
 fn claim_waiting_behind<K: KeyValue, E: Environment>(

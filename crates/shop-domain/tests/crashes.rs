@@ -594,12 +594,11 @@ fn handle_with_batch(
         &event.to_json(),
         settings,
     ));
-    if let Ok(waiting) = fulfilment::claim_waiting(kv, world, &NoTrace, event.sequence, settings) {
-        for claimed in waiting {
-            let _ = futures::executor::block_on(fulfilment::fulfil(
-                kv, world, &NoTrace, inbox, claimed, settings,
-            ));
-        }
+    let waiting = fulfilment::claim_waiting(kv, world, &NoTrace, event.sequence, settings);
+    for claimed in waiting.claimed {
+        let _ = futures::executor::block_on(fulfilment::fulfil(
+            kv, world, &NoTrace, inbox, claimed, settings,
+        ));
     }
 }
 
@@ -645,6 +644,63 @@ fn a_handler_takes_on_the_orders_waiting_behind_its_own_and_their_events_are_no_
     handle_with_batch(&kv, &world, &inbox, &events[3], &batched);
     assert_eq!(inbox.0.borrow().len(), 4);
     assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 4);
+}
+
+/// A store on which one claim's increment fails before it reaches Redis (a dropped
+/// connection): never retried, since an increment may not be repeated.
+struct RefusesClaim<'a> {
+    inner: &'a MemoryStore,
+    key: String,
+}
+
+impl KeyValue for RefusesClaim<'_> {
+    fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8]) -> Result<(), StoreError> {
+        self.inner.set(key, value)
+    }
+    fn increment(&self, key: &str, delta: i64) -> Result<i64, StoreError> {
+        if key == self.key {
+            return Err(StoreError("connection dropped".into()));
+        }
+        self.inner.increment(key, delta)
+    }
+}
+
+#[test]
+fn orders_claimed_before_a_store_error_are_still_handed_over() {
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let inbox = Inbox::default();
+    let events = place_mugs(&kv, &world, 3);
+    let mut batched = fulfilment_settings();
+    batched.batch = 2;
+    // The second order behind the first is claimed, the third's claim fails.
+    let glitchy = RefusesClaim {
+        inner: &kv,
+        key: keys::fulfilment_claim(&events[2].order_id, 0),
+    };
+    let waiting =
+        fulfilment::claim_waiting(&glitchy, &world, &NoTrace, events[0].sequence, &batched);
+    assert!(waiting.stopped_by.is_some());
+    let claimed: Vec<&str> = waiting
+        .claimed
+        .iter()
+        .map(|c| c.order.id.as_str())
+        .collect();
+    assert_eq!(claimed, [events[1].order_id.as_str()]);
+    // Its own event is now a no-op, so this handler is the one to fulfil it.
+    let outcome = futures::executor::block_on(fulfilment::process(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        &events[1].to_json(),
+        &batched,
+    ))
+    .unwrap();
+    assert!(matches!(outcome, Outcome::NoOp { .. }), "{outcome:?}");
 }
 
 #[test]
