@@ -205,6 +205,9 @@ impl shop_domain::ports::Environment for SpinEnv {
     fn sleep_ms(&self, ms: u64) {
         sleep_ms(ms);
     }
+    async fn pause_ms(&self, ms: u64) {
+        pause_ms(ms).await;
+    }
 }
 
 /// A Spin variable as a number of seconds, or `default` if unset or not a number.
@@ -246,6 +249,27 @@ pub fn variable(name: &str) -> Result<String, String> {
 /// Blocks this instance for `ms` milliseconds (backoff between retries, short waits).
 pub fn sleep_ms(ms: u64) {
     std::thread::sleep(std::time::Duration::from_millis(ms));
+}
+
+/// Waits `ms` milliseconds without blocking the instance: the clock's pollable is
+/// polled by spin-sdk's executor together with the instance's other futures (its
+/// outbound requests), which run meanwhile.
+pub async fn pause_ms(ms: u64) {
+    use wasi::clocks::monotonic_clock;
+    let deadline = monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
+    // The registration of the latest poll; dropping it cancels the one before.
+    let mut registered: Option<spin_executor::CancelOnDropToken> = None;
+    std::future::poll_fn(|cx| {
+        if monotonic_clock::now() >= deadline {
+            return std::task::Poll::Ready(());
+        }
+        let pollable = monotonic_clock::subscribe_instant(deadline);
+        registered =
+            Some(spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()).into());
+        std::task::Poll::Pending
+    })
+    .await;
+    drop(registered);
 }
 
 #[cfg(test)]

@@ -432,7 +432,7 @@ where
                             order,
                             OrderEvent::NotificationDelayed { reason },
                         )?;
-                        env.sleep_ms(delay);
+                        env.pause_ms(delay).await;
                         attempt += 1;
                         continue;
                     }

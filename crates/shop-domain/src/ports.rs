@@ -8,12 +8,20 @@ use chrono::{DateTime, Utc};
 use crate::event::OrderPlaced;
 
 /// Time, randomness and waiting.
+#[allow(async_fn_in_trait)] // used generically in a single-threaded guest: no Send needed
 pub trait Environment {
     fn now(&self) -> DateTime<Utc>;
     /// 16 bytes from a secure random source.
     fn random(&self) -> [u8; 16];
     /// Blocks for `ms` milliseconds (backoff between retries).
     fn sleep_ms(&self, ms: u64);
+    /// Waits `ms` milliseconds while the caller's other futures run: a fulfilment
+    /// handler's other orders go on sending while one backs off, instead of each
+    /// backoff holding up all of them (and their mail leases running out). Blocks, as
+    /// [`Environment::sleep_ms`], unless the environment can do better.
+    async fn pause_ms(&self, ms: u64) {
+        self.sleep_ms(ms);
+    }
 }
 
 /// A value for a step's attribute.

@@ -143,6 +143,20 @@ impl Environment for World {
     fn sleep_ms(&self, ms: u64) {
         self.pass((ms as i64 + 999) / 1000);
     }
+    /// Lets the caller's other futures run once, as a real pause would, then passes.
+    async fn pause_ms(&self, ms: u64) {
+        let mut yielded = false;
+        std::future::poll_fn(|cx| {
+            if yielded {
+                return std::task::Poll::Ready(());
+            }
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        })
+        .await;
+        self.sleep_ms(ms);
+    }
 }
 
 /// Redis pub/sub, as a queue the test drains.
@@ -644,6 +658,69 @@ fn a_handler_takes_on_the_orders_waiting_behind_its_own_and_their_events_are_no_
     handle_with_batch(&kv, &world, &inbox, &events[3], &batched);
     assert_eq!(inbox.0.borrow().len(), 4);
     assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 4);
+}
+
+/// A mail API refusing each email's first attempt with a 503: records every attempt.
+#[derive(Default)]
+struct FirstAttemptsRefused(RefCell<Vec<String>>);
+
+impl Mailer for FirstAttemptsRefused {
+    async fn send(&self, request: &MailRequest) -> Result<MailAnswer, SendFailure> {
+        let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+        let subject = body["Subject"].as_str().unwrap_or_default().to_owned();
+        let mut attempts = self.0.borrow_mut();
+        let first = !attempts.contains(&subject);
+        attempts.push(subject);
+        Ok(MailAnswer {
+            status: if first { 503 } else { 200 },
+            body: br#"{"ID":"m"}"#.to_vec(),
+            retry_after: None,
+            message_id: None,
+        })
+    }
+}
+
+#[test]
+fn orders_fulfilled_together_back_off_together() {
+    // A handler fulfilling two orders at once, the mail API refusing each first attempt:
+    // while one order backs off, the other sends; a backoff holds up no other order.
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let mail = FirstAttemptsRefused::default();
+    let events = place_mugs(&kv, &world, 2);
+    let settings = fulfilment_settings();
+    let runs = events.iter().map(|event| {
+        let order = records::load_order(&kv, &event.order_id).unwrap().unwrap();
+        fulfilment::fulfil(
+            &kv,
+            &world,
+            &NoTrace,
+            &mail,
+            fulfilment::Claimed { order, epoch: 0 },
+            &settings,
+        )
+    });
+    for outcome in futures::executor::block_on(futures::future::join_all(runs)) {
+        assert!(
+            matches!(outcome, Ok(Outcome::Handled { .. })),
+            "{outcome:?}"
+        );
+    }
+    let about = |attempt: &String| {
+        events
+            .iter()
+            .position(|e| attempt.contains(&e.order_id))
+            .unwrap()
+    };
+    let order_of_attempts: Vec<usize> = mail.0.borrow().iter().map(about).collect();
+    assert_eq!(order_of_attempts, [0, 1, 0, 1]);
+    for event in &events {
+        let order = records::load_order(&kv, &event.order_id).unwrap().unwrap();
+        assert!(
+            matches!(order.notification, Notification::Sent { .. }),
+            "{order:?}"
+        );
+    }
 }
 
 /// A store on which one claim's increment fails before it reaches Redis (a dropped

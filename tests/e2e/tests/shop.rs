@@ -282,8 +282,18 @@ fn a_flapping_mail_api_gets_one_email_after_retries() {
     let order = shop.runner.wait_for_order(&order_id, "settled", settled);
     assert_eq!(order["status"], "confirmed", "{order}");
     assert_eq!(order["notification"]["state"], "sent", "{order}");
-    assert_eq!(shop.mail.requests().len(), 3);
+    let requests = shop.mail.requests();
+    assert_eq!(requests.len(), 3);
     assert_eq!(emails_to_order(&shop.mail, &order_id).len(), 1);
+    // It backed off before each retry (0.2 s, then 0.4 s), rather than hammering.
+    let at: Vec<chrono::DateTime<chrono::Utc>> = requests
+        .iter()
+        .map(|r| r["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    for (gap, backoff_ms) in at.windows(2).zip([200, 400]) {
+        let waited = (gap[1] - gap[0]).num_milliseconds();
+        assert!(waited >= backoff_ms, "{waited} ms: {requests:?}");
+    }
 }
 
 #[test]
