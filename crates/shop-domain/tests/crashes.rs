@@ -246,15 +246,7 @@ fn drain(kv: &MemoryStore, world: &World, channel: &Channel, inbox: &Inbox) {
     for _ in 0..6 {
         let events: Vec<OrderPlaced> = channel.0.borrow_mut().drain(..).collect();
         for event in events {
-            let outcome = futures::executor::block_on(fulfilment::process(
-                kv,
-                world,
-                &NoTrace,
-                inbox,
-                &event.to_json(),
-                &fulfilment_settings(),
-            ))
-            .unwrap();
+            let outcome = handle(kv, world, inbox, &event, &fulfilment_settings()).unwrap();
             assert!(
                 !matches!(outcome, Outcome::DeadLettered { .. }),
                 "{outcome:?}"
@@ -420,14 +412,7 @@ fn fulfilment_crash_case(crash_at: usize, death: Death, card: &str) -> (usize, b
     let dying = Dying::new(&kv, crash_at, death);
     let mut dying_settings = fulfilment_settings();
     dying_settings.store_budget.total_ms = 0;
-    let _ = futures::executor::block_on(fulfilment::process(
-        &dying,
-        &world,
-        &NoTrace,
-        &inbox,
-        &event.to_json(),
-        &dying_settings,
-    ));
+    let _ = handle(&dying, &world, &inbox, &event, &dying_settings);
     let sent_before_dying = !inbox.0.borrow().is_empty();
     let fatal = dying.fatal.take();
     // Past every lease: redrive hands the order to a new handler.
@@ -591,6 +576,24 @@ fn place_mugs(kv: &impl KeyValue, world: &World, count: usize) -> Vec<OrderPlace
     channel.0.take()
 }
 
+/// The fulfilment component's handling of `event`'s message, its own order only.
+fn handle(
+    kv: &impl KeyValue,
+    world: &World,
+    mailer: &impl Mailer,
+    event: &OrderPlaced,
+    settings: &fulfilment::Settings,
+) -> Result<Outcome, StoreError> {
+    futures::executor::block_on(fulfilment::process(
+        kv,
+        world,
+        &NoTrace,
+        mailer,
+        &event.to_json(),
+        settings,
+    ))
+}
+
 /// What the fulfilment component does with a message: its own order, then the orders
 /// waiting behind it on its shard (one shard here: every later order).
 fn handle_with_batch(
@@ -600,14 +603,7 @@ fn handle_with_batch(
     event: &OrderPlaced,
     settings: &fulfilment::Settings,
 ) {
-    let _ = futures::executor::block_on(fulfilment::process(
-        kv,
-        world,
-        &NoTrace,
-        inbox,
-        &event.to_json(),
-        settings,
-    ));
+    let _ = handle(kv, world, inbox, event, settings);
     let waiting = fulfilment::claim_waiting(kv, world, &NoTrace, event.sequence, settings);
     for claimed in waiting.claimed {
         let _ = futures::executor::block_on(fulfilment::fulfil(
@@ -643,15 +639,7 @@ fn a_handler_takes_on_the_orders_waiting_behind_its_own_and_their_events_are_no_
         );
     }
     for event in &events[1..3] {
-        let outcome = futures::executor::block_on(fulfilment::process(
-            &kv,
-            &world,
-            &NoTrace,
-            &inbox,
-            &event.to_json(),
-            &batched,
-        ))
-        .unwrap();
+        let outcome = handle(&kv, &world, &inbox, event, &batched).unwrap();
         assert!(matches!(outcome, Outcome::NoOp { .. }), "{outcome:?}");
     }
     // The fourth's own handler has nothing behind it: one read, nothing claimed.
@@ -768,15 +756,7 @@ fn orders_claimed_before_a_store_error_are_still_handed_over() {
         .collect();
     assert_eq!(claimed, [events[1].order_id.as_str()]);
     // Its own event is now a no-op, so this handler is the one to fulfil it.
-    let outcome = futures::executor::block_on(fulfilment::process(
-        &kv,
-        &world,
-        &NoTrace,
-        &inbox,
-        &events[1].to_json(),
-        &batched,
-    ))
-    .unwrap();
+    let outcome = handle(&kv, &world, &inbox, &events[1], &batched).unwrap();
     assert!(matches!(outcome, Outcome::NoOp { .. }), "{outcome:?}");
 }
 
@@ -833,15 +813,7 @@ fn an_email_outcome_lost_to_an_old_copy_is_put_back_from_the_closed_lease() {
     let events = place_mugs(&kv, &world, 1);
     let id = &events[0].order_id;
     let mut late_copy = records::load_order(&kv, id).unwrap().unwrap();
-    futures::executor::block_on(fulfilment::process(
-        &kv,
-        &world,
-        &NoTrace,
-        &inbox,
-        &events[0].to_json(),
-        &fulfilment_settings(),
-    ))
-    .unwrap();
+    handle(&kv, &world, &inbox, &events[0], &fulfilment_settings()).unwrap();
     assert!(late_copy.apply(&OrderEvent::Confirmed, "2026-01-01T00:00:00Z"));
     records::save_order(&kv, &late_copy).unwrap();
     let order = records::load_order(&kv, id).unwrap().unwrap();
@@ -877,15 +849,7 @@ fn a_handler_working_from_an_old_copy_never_undoes_what_another_recorded() {
     let events = place_mugs(&kv, &world, 1);
     let id = &events[0].order_id;
     let stale = records::load_order(&kv, id).unwrap().unwrap();
-    futures::executor::block_on(fulfilment::process(
-        &kv,
-        &world,
-        &NoTrace,
-        &inbox,
-        &events[0].to_json(),
-        &fulfilment_settings(),
-    ))
-    .unwrap();
+    handle(&kv, &world, &inbox, &events[0], &fulfilment_settings()).unwrap();
     let claimed = fulfilment::Claimed {
         order: stale,
         epoch: 1,
