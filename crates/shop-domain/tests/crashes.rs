@@ -840,6 +840,42 @@ fn an_email_outcome_lost_to_an_old_copy_is_put_back_from_the_closed_lease() {
 }
 
 #[test]
+fn a_request_whose_record_lands_after_its_order_was_fulfilled_still_ends_fulfilled() {
+    // The request committed, then stalled before writing its record; redrive recorded
+    // the order from its draft and its handler (epoch 1) fulfilled it. The request's
+    // write then lands (accepted, email pending), and it publishes its own event.
+    let kv = MemoryStore::new(CounterEncoding::AsciiDecimal);
+    let world = World::new();
+    let inbox = Inbox::default();
+    let events = place_mugs(&kv, &world, 1);
+    let id = &events[0].order_id;
+    let request_record = records::load_order(&kv, id).unwrap().unwrap();
+    futures::executor::block_on(fulfilment::fulfil(
+        &kv,
+        &world,
+        &NoTrace,
+        &inbox,
+        fulfilment::Claimed {
+            order: request_record.clone(),
+            epoch: 1,
+        },
+        &fulfilment_settings(),
+    ))
+    .unwrap();
+    records::save_order(&kv, &request_record).unwrap();
+
+    handle(&kv, &world, &inbox, &events[0], &fulfilment_settings()).unwrap();
+    let order = records::load_order(&kv, id).unwrap().unwrap();
+    assert!(order.is_finished(), "{order:?}");
+    assert!(
+        matches!(order.notification, Notification::Sent { .. }),
+        "{order:?}"
+    );
+    assert_eq!(inbox.0.borrow().len(), 1);
+    assert_eq!(kv.counter(&keys::stock("SPIN-MUG")).unwrap(), 100 - 1);
+}
+
+#[test]
 fn a_handler_working_from_an_old_copy_never_undoes_what_another_recorded() {
     // A redrive's handler (epoch 1) read the order before the first handler finished;
     // the first one then confirmed it and sent the email.
