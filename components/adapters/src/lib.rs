@@ -251,25 +251,37 @@ pub fn sleep_ms(ms: u64) {
     std::thread::sleep(std::time::Duration::from_millis(ms));
 }
 
-/// Waits `ms` milliseconds without blocking the instance: the clock's pollable is
-/// polled by spin-sdk's executor together with the instance's other futures (its
-/// outbound requests), which run meanwhile.
+/// Waits `ms` milliseconds without blocking the instance: the instance's other futures
+/// (its outbound requests) run meanwhile.
 pub async fn pause_ms(ms: u64) {
     use wasi::clocks::monotonic_clock;
     let deadline = monotonic_clock::now().saturating_add(ms.saturating_mul(1_000_000));
-    // The registration of the latest poll; dropping it cancels the one before.
-    let mut registered: Option<spin_executor::CancelOnDropToken> = None;
-    std::future::poll_fn(|cx| {
-        if monotonic_clock::now() >= deadline {
-            return std::task::Poll::Ready(());
+    wait_for(
+        || (monotonic_clock::now() >= deadline).then_some(()),
+        || monotonic_clock::subscribe_instant(deadline),
+    )
+    .await
+}
+
+/// The value `ready` gives, once it gives one. Until then the pollable from `subscribe`
+/// is registered with spin-sdk's executor, which polls it together with the instance's
+/// other futures, so they run while this one waits. Dropped half-way, the future
+/// unregisters its pollable.
+pub async fn wait_for<T>(
+    mut ready: impl FnMut() -> Option<T>,
+    subscribe: impl Fn() -> wasi::io::poll::Pollable,
+) -> T {
+    // The registration of the latest poll; replacing it cancels the one before.
+    let mut _registered: Option<spin_executor::CancelOnDropToken> = None;
+    std::future::poll_fn(|cx| match ready() {
+        Some(value) => std::task::Poll::Ready(value),
+        None => {
+            let token = spin_executor::push_waker_and_get_token(subscribe(), cx.waker().clone());
+            _registered = Some(token.into());
+            std::task::Poll::Pending
         }
-        let pollable = monotonic_clock::subscribe_instant(deadline);
-        registered =
-            Some(spin_executor::push_waker_and_get_token(pollable, cx.waker().clone()).into());
-        std::task::Poll::Pending
     })
-    .await;
-    drop(registered);
+    .await
 }
 
 #[cfg(test)]

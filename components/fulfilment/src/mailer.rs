@@ -12,10 +12,7 @@
 
 use shop_domain::mail::MailRequest;
 use shop_domain::ports::{MailAnswer, Mailer, SendFailure};
-use std::task::Poll;
 use wasi::http::outgoing_handler;
-
-use spin_executor::CancelOnDropToken;
 use wasi::http::types::{
     ErrorCode, Fields, FutureIncomingResponse, IncomingResponse, Method, OutgoingBody,
     OutgoingRequest, RequestOptions, Scheme,
@@ -66,18 +63,7 @@ async fn send(request: &MailRequest) -> Result<MailAnswer, SendFailure> {
 async fn answer(
     pending: &FutureIncomingResponse,
 ) -> Result<Result<IncomingResponse, ErrorCode>, ()> {
-    // Dropped with the future: a request abandoned half-way unregisters its pollable.
-    let mut _registered: Option<CancelOnDropToken> = None;
-    std::future::poll_fn(|cx| match pending.get() {
-        Some(answer) => Poll::Ready(answer),
-        None => {
-            let token =
-                spin_executor::push_waker_and_get_token(pending.subscribe(), cx.waker().clone());
-            _registered = Some(token.into());
-            Poll::Pending
-        }
-    })
-    .await
+    shop_adapters::wait_for(|| pending.get(), || pending.subscribe()).await
 }
 
 /// A host refusal (`HttpRequestDenied`: not in `allowed_outbound_hosts`) is for good;
