@@ -594,6 +594,20 @@ fn handle(
     ))
 }
 
+/// A handler fulfilling an order it holds the claim of (under a redrive's epoch, or
+/// taken on ahead of its event).
+fn fulfil_claimed(
+    kv: &impl KeyValue,
+    world: &World,
+    mailer: &impl Mailer,
+    claimed: fulfilment::Claimed,
+    settings: &fulfilment::Settings,
+) -> Result<Outcome, StoreError> {
+    futures::executor::block_on(fulfilment::fulfil(
+        kv, world, &NoTrace, mailer, claimed, settings,
+    ))
+}
+
 /// What the fulfilment component does with a message: its own order, then the orders
 /// waiting behind it on its shard (one shard here: every later order).
 fn handle_with_batch(
@@ -606,9 +620,7 @@ fn handle_with_batch(
     let _ = handle(kv, world, inbox, event, settings);
     let waiting = fulfilment::claim_waiting(kv, world, &NoTrace, event.sequence, settings);
     for claimed in waiting.claimed {
-        let _ = futures::executor::block_on(fulfilment::fulfil(
-            kv, world, &NoTrace, inbox, claimed, settings,
-        ));
+        let _ = fulfil_claimed(kv, world, inbox, claimed, settings);
     }
 }
 
@@ -821,14 +833,13 @@ fn an_email_outcome_lost_to_an_old_copy_is_put_back_from_the_closed_lease() {
 
     // The next handler (redrive's, which republishes unfinished orders) finds the lease
     // closed: the email is not sent again, and the order gets its outcome back.
-    futures::executor::block_on(fulfilment::fulfil(
+    fulfil_claimed(
         &kv,
         &world,
-        &NoTrace,
         &inbox,
         fulfilment::Claimed { order, epoch: 2 },
         &fulfilment_settings(),
-    ))
+    )
     .unwrap();
     let order = records::load_order(&kv, id).unwrap().unwrap();
     assert!(order.is_finished(), "{order:?}");
@@ -850,17 +861,16 @@ fn a_request_whose_record_lands_after_its_order_was_fulfilled_still_ends_fulfill
     let events = place_mugs(&kv, &world, 1);
     let id = &events[0].order_id;
     let request_record = records::load_order(&kv, id).unwrap().unwrap();
-    futures::executor::block_on(fulfilment::fulfil(
+    fulfil_claimed(
         &kv,
         &world,
-        &NoTrace,
         &inbox,
         fulfilment::Claimed {
             order: request_record.clone(),
             epoch: 1,
         },
         &fulfilment_settings(),
-    ))
+    )
     .unwrap();
     records::save_order(&kv, &request_record).unwrap();
 
@@ -890,15 +900,7 @@ fn a_handler_working_from_an_old_copy_never_undoes_what_another_recorded() {
         order: stale,
         epoch: 1,
     };
-    futures::executor::block_on(fulfilment::fulfil(
-        &kv,
-        &world,
-        &NoTrace,
-        &inbox,
-        claimed,
-        &fulfilment_settings(),
-    ))
-    .unwrap();
+    fulfil_claimed(&kv, &world, &inbox, claimed, &fulfilment_settings()).unwrap();
     let order = records::load_order(&kv, id).unwrap().unwrap();
     assert!(
         matches!(order.notification, Notification::Sent { .. }),
