@@ -64,6 +64,31 @@ impl Backend {
         }
     }
 
+    /// `wasi:keyvalue/batch`'s `get-many`, with each backend's own behaviour.
+    pub async fn get_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        match self {
+            Backend::Redis(r) => r.get_many(keys).await,
+            Backend::Sqlite(s) => s.get_many(keys).await,
+        }
+    }
+
+    pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        match self {
+            Backend::Redis(r) => r.set_many(key_values).await,
+            Backend::Sqlite(s) => s.set_many(key_values).await,
+        }
+    }
+
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        match self {
+            Backend::Redis(r) => r.delete_many(keys).await,
+            Backend::Sqlite(s) => s.delete_many(keys).await,
+        }
+    }
+
     /// Atomically adds `delta` to the counter at `key` (absent = 0).
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         match self {
@@ -134,6 +159,31 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
+    #[tokio::test]
+    async fn sqlite_batches_answer_as_spins_sqlite_backend() {
+        let (path, kv) = temp_db();
+        let pairs = vec![
+            ("a".to_owned(), b"1".to_vec()),
+            ("b".to_owned(), b"2".to_vec()),
+        ];
+        kv.set_many(pairs).await.unwrap();
+        // A missing key has no entry, as in Spin's `SELECT ... IN`.
+        let found = kv
+            .get_many(vec!["a".into(), "missing".into(), "b".into()])
+            .await
+            .unwrap();
+        assert_eq!(
+            found,
+            [
+                ("a".to_owned(), Some(b"1".to_vec())),
+                ("b".to_owned(), Some(b"2".to_vec()))
+            ]
+        );
+        kv.delete_many(vec!["a".into(), "b".into()]).await.unwrap();
+        assert!(kv.keys().await.unwrap().is_empty());
+        let _ = std::fs::remove_file(path);
+    }
+
     /// A real redis-server on a free port, killed on drop.
     struct RedisServer(std::process::Child, u16);
 
@@ -190,6 +240,30 @@ mod tests {
         assert!(!kv.compare_and_swap("k", Some(b"z"), b"x").await.unwrap());
         assert!(kv.compare_and_swap("k", Some(b"a"), b"b").await.unwrap());
         assert_eq!(kv.get("k").await.unwrap().unwrap(), b"b");
+    }
+
+    /// Spin's Redis backend sends `get-many` as `KEYS`: it cannot read values. Writes
+    /// and deletes in bulk work (`MSET`, `DEL`).
+    #[tokio::test]
+    async fn redis_batches_answer_as_spins_redis_backend() {
+        let server = RedisServer::start();
+        let kv = Backend::redis(&format!("redis://127.0.0.1:{}", server.1)).unwrap();
+        let pairs = vec![
+            ("a".to_owned(), b"1".to_vec()),
+            ("b".to_owned(), b"2".to_vec()),
+        ];
+        kv.set_many(pairs).await.unwrap();
+        assert_eq!(kv.get("b").await.unwrap().unwrap(), b"2");
+
+        let two = kv.get_many(vec!["a".into(), "b".into()]).await;
+        assert!(two.unwrap_err().contains("wrong number of arguments"));
+        assert!(kv.get_many(vec!["a".into()]).await.is_err());
+        // A key that does not exist matches no key name: no entry, not `none`.
+        assert_eq!(kv.get_many(vec!["missing".into()]).await.unwrap(), []);
+
+        kv.delete_many(vec!["a".into(), "b".into()]).await.unwrap();
+        assert!(!kv.exists("a").await.unwrap());
+        assert!(!kv.exists("b").await.unwrap());
     }
 
     /// Many concurrent read-modify-write loops over CAS: no update may be lost.

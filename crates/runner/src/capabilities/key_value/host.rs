@@ -305,6 +305,8 @@ impl atomics::HostCas for KeyValue {
 }
 
 impl batch::Host for KeyValue {
+    /// Each backend answers as Spin's of its kind does; on Redis that is a refusal
+    /// (see [`super::redis::RedisStore::get_many`]).
     async fn get_many(
         &mut self,
         bucket: Resource<OpenStore>,
@@ -312,20 +314,8 @@ impl batch::Host for KeyValue {
     ) -> wasmtime::Result<Result<Vec<(String, Option<Vec<u8>>)>, wasi_store::Error>> {
         let span = self.span("spin_key_value.get_many", Parent::Outer);
         let backend = self.backend(&bucket)?;
-        let mut values = Vec::with_capacity(keys.len());
-        let mut result = Ok(());
-        for key in keys {
-            match backend.get(&key).await {
-                Ok(value) => values.push((key, value)),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        Ok(traced(span, result)
-            .map(|()| values)
-            .map_err(wasi_store::Error::Other))
+        let result = backend.get_many(keys).await;
+        Ok(traced(span, result).map_err(wasi_store::Error::Other))
     }
 
     async fn set_many(
@@ -335,13 +325,7 @@ impl batch::Host for KeyValue {
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
         let span = self.span("spin_key_value.set_many", Parent::Outer);
         let backend = self.backend(&bucket)?;
-        let mut result = Ok(());
-        for (key, value) in key_values {
-            if let Err(e) = backend.set(&key, &value).await {
-                result = Err(e);
-                break;
-            }
-        }
+        let result = backend.set_many(key_values).await;
         Ok(traced(span, result).map_err(wasi_store::Error::Other))
     }
 
@@ -352,13 +336,7 @@ impl batch::Host for KeyValue {
     ) -> wasmtime::Result<Result<(), wasi_store::Error>> {
         let span = self.span("spin_key_value.delete_many", Parent::Outer);
         let backend = self.backend(&bucket)?;
-        let mut result = Ok(());
-        for key in keys {
-            if let Err(e) = backend.delete(&key).await {
-                result = Err(e);
-                break;
-            }
-        }
+        let result = backend.delete_many(keys).await;
         Ok(traced(span, result).map_err(wasi_store::Error::Other))
     }
 }

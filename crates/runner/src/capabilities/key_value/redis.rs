@@ -60,6 +60,48 @@ impl RedisStore {
             .await
     }
 
+    /// The very call Spin's Redis backend makes for `get-many` (Spin 3.1 to 4.0.2, read
+    /// in `crates/key-value-redis/src/store.rs`): `KEYS <key>...`, not `MGET`. Redis
+    /// refuses `KEYS` with more than one argument, one key that exists comes back as a
+    /// reply that does not parse, and one that does not as an empty list. The runner
+    /// does the same, so an app that works here does not rely on a call that fails on
+    /// Spin (docs/spin-semantics.md).
+    pub async fn get_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        let keys = &keys;
+        // Spin's redis client accepts a list for `keys`; this one wants a single pattern,
+        // so the same command is spelled out.
+        self.run(Idempotent, |mut c| async move {
+            redis::cmd("KEYS")
+                .arg(keys)
+                .query_async::<Vec<(String, Option<Vec<u8>>)>>(&mut c)
+                .await
+        })
+        .await
+    }
+
+    /// `MSET`, as Spin sends it: one round trip, all keys set at once.
+    pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        let key_values = &key_values;
+        self.run(Idempotent, |mut c| async move {
+            c.mset::<_, _, ()>(key_values).await
+        })
+        .await
+    }
+
+    /// `DEL <key>...`, as Spin sends it.
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        let keys = &keys;
+        self.run(
+            Idempotent,
+            |mut c| async move { c.del::<_, i64>(keys).await },
+        )
+        .await
+        .map(drop)
+    }
+
     /// INCRBY. Reading (delta 0) may be repeated after a dropped connection; changing
     /// the counter may not.
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {

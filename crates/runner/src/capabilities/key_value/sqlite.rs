@@ -125,6 +125,51 @@ impl SqliteStore {
         .await
     }
 
+    /// As Spin's SQLite backend: only the keys that exist come back (a missing key has
+    /// no entry at all, rather than `none`).
+    pub async fn get_many(
+        &self,
+        keys: Vec<String>,
+    ) -> Result<Vec<(String, Option<Vec<u8>>)>, KvError> {
+        self.with(move |c, label| {
+            let mut found = Vec::new();
+            for key in keys {
+                if let Some(value) = get_row(c, label, &key)? {
+                    found.push((key, Some(value)));
+                }
+            }
+            Ok(found)
+        })
+        .await
+    }
+
+    /// All or nothing, in one transaction, as Spin's SQLite backend writes them.
+    pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
+        self.with(move |c, label| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for (key, value) in &key_values {
+                put_row(&tx, label, key, value)?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
+    /// One transaction, as Spin's single `DELETE ... IN` statement.
+    pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
+        self.with(move |c, label| {
+            let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            for key in &keys {
+                tx.execute(
+                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+                    rusqlite::params![label, key],
+                )?;
+            }
+            tx.commit()
+        })
+        .await
+    }
+
     pub async fn compare_and_swap(
         &self,
         key: &str,
