@@ -80,14 +80,7 @@ impl SqliteStore {
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
         let key = key.to_owned();
-        self.with(move |c, label| {
-            c.execute(
-                "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                rusqlite::params![label, key],
-            )
-            .map(drop)
-        })
-        .await
+        self.with(move |c, label| delete_row(c, label, &key)).await
     }
 
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
@@ -160,10 +153,7 @@ impl SqliteStore {
         self.with(move |c, label| {
             let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             for key in &keys {
-                tx.execute(
-                    "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
-                    rusqlite::params![label, key],
-                )?;
+                delete_row(&tx, label, key)?;
             }
             tx.commit()
         })
@@ -205,6 +195,14 @@ fn put_row(c: &rusqlite::Connection, label: &str, key: &str, value: &[u8]) -> ru
         "INSERT INTO spin_key_value (store, key, value) VALUES (?1, ?2, ?3)
          ON CONFLICT (store, key) DO UPDATE SET value = excluded.value",
         rusqlite::params![label, key, value],
+    )
+    .map(drop)
+}
+
+fn delete_row(c: &rusqlite::Connection, label: &str, key: &str) -> rusqlite::Result<()> {
+    c.execute(
+        "DELETE FROM spin_key_value WHERE store = ?1 AND key = ?2",
+        rusqlite::params![label, key],
     )
     .map(drop)
 }
