@@ -41,8 +41,9 @@ pub struct Figures {
     pub statuses: BTreeMap<String, u64>,
     pub errors: u64,
     /// CPU used during the run, in % of one core: each watched process (with its
-    /// children), and `everything else` (the load generator, the rest of the machine);
-    /// `idle` is what the machine's cores had left.
+    /// children), `everything else` (the load generator, the rest of the machine) and
+    /// `steal` (kept by the hypervisor for other guests); `idle` is what the machine's
+    /// cores had left.
     pub cpu_percent: BTreeMap<String, f64>,
 }
 

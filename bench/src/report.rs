@@ -74,6 +74,41 @@ fn cpu(f: &Figures) -> String {
         .join(", ")
 }
 
+/// Above this much steal (% of one core) in any run, a host's figures say more about
+/// the hypervisor than about the app.
+const STEAL_WARNING_PERCENT: f64 = 10.0;
+
+/// How much CPU the hypervisor kept from this host's runs, and a warning when that
+/// makes them incomparable with a quiet run's (virtual machines that have used up their
+/// CPU credit, after a long build say, run at a fraction of their speed).
+fn steal_summary(host: &HostResults) -> String {
+    let steals: Vec<f64> = host
+        .empty
+        .iter()
+        .chain(&host.products)
+        .chain(&host.orders)
+        .chain(host.order_lines.iter().map(|(_, f)| f))
+        .chain([&host.orders_exported])
+        .chain(host.end_to_end.iter().map(|e| &e.checkout))
+        .filter_map(|f| f.cpu_percent.get(crate::cpu::STEAL).copied())
+        .collect();
+    let Some(most) = steals.iter().copied().reduce(f64::max) else {
+        return "Steal: not measured.".to_owned();
+    };
+    let mean = steals.iter().sum::<f64>() / steals.len() as f64;
+    let mut line = format!(
+        "Steal (CPU the hypervisor gave other guests): {mean:.0}% of a core on average, \
+         {most:.0}% at most in one run."
+    );
+    if most > STEAL_WARNING_PERCENT {
+        line.push_str(
+            " WARNING: this machine was not running at its own speed; compare neither \
+             req/s nor ratios with a run whose steal was near 0, and re-run on a rested machine.",
+        );
+    }
+    line
+}
+
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * a / b),
@@ -162,6 +197,7 @@ fn host_tables(out: &mut String, host: &HostResults) {
         host.startup.cold_ms,
         host.startup.warm_ms
     );
+    let _ = writeln!(out, "{}", steal_summary(host));
     let rps = |figures: &[Figures], c| HostResults::at(figures, c).map(|f| f.requests_per_second);
     let accepted_rps =
         HostResults::at(&host.orders, 32).map(|f| f.with_status(202) as f64 / f.seconds);

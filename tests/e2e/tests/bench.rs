@@ -26,6 +26,10 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(output.status.success(), "{printed}");
+    assert!(
+        printed.contains("Steal (CPU the hypervisor gave"),
+        "{printed}"
+    );
 
     let results: Value =
         serde_json::from_slice(&std::fs::read(out.join("results.json")).unwrap()).unwrap();
@@ -44,6 +48,8 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         for run in runs {
             assert!(requests(run) > 0, "{step}: {run}");
             assert!(run["p99_ms"].as_f64() >= run["p50_ms"].as_f64(), "{run}");
+            // A run's CPU says what the hypervisor kept, or its figures cannot be judged.
+            assert!(run["cpu_percent"]["steal"].as_f64() >= Some(0.0), "{run}");
         }
     }
     // Checkout alone accepts every order it is offered: nothing refused, nothing lost.
