@@ -83,13 +83,7 @@ const STEAL_WARNING_PERCENT: f64 = 10.0;
 /// CPU credit, after a long build say, run at a fraction of their speed).
 fn steal_summary(host: &HostResults) -> String {
     let steals: Vec<f64> = host
-        .empty
-        .iter()
-        .chain(&host.products)
-        .chain(&host.orders)
-        .chain(host.order_lines.iter().map(|(_, f)| f))
-        .chain([&host.orders_exported])
-        .chain(host.end_to_end.iter().map(|e| &e.checkout))
+        .runs()
         .filter_map(|f| f.cpu_percent.get(crate::cpu::STEAL).copied())
         .collect();
     let Some(most) = steals.iter().copied().reduce(f64::max) else {
