@@ -1,6 +1,7 @@
 //! The machine the figures come from, and the table `make bench` prints (Markdown, so
 //! that it can go into the README as it is).
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use serde::Serialize;
@@ -67,7 +68,11 @@ fn row(out: &mut String, what: &str, f: &Figures, ok_status: u16) {
 
 /// Where the CPU went, in % of one core (the machine has `cores` × 100).
 fn cpu(f: &Figures) -> String {
-    f.cpu_percent
+    cpu_shares(&f.cpu_percent)
+}
+
+fn cpu_shares(shares: &BTreeMap<String, f64>) -> String {
+    shares
         .iter()
         .map(|(part, percent)| format!("{part} {percent:.0}"))
         .collect::<Vec<_>>()
@@ -78,21 +83,21 @@ fn cpu(f: &Figures) -> String {
 /// the hypervisor than about the app.
 const STEAL_WARNING_PERCENT: f64 = 10.0;
 
-/// How much CPU the hypervisor kept from this host's runs, and a warning when that
-/// makes them incomparable with a quiet run's (virtual machines that have used up their
-/// CPU credit, after a long build say, run at a fraction of their speed).
-fn steal_summary(host: &HostResults) -> String {
-    let steals: Vec<f64> = host
-        .runs()
-        .filter_map(|f| f.cpu_percent.get(crate::cpu::STEAL).copied())
+/// How much CPU the hypervisor kept from these runs (`what`: "this host's runs", say),
+/// and a warning when that makes them incomparable with a quiet run's (virtual
+/// machines that have used up their CPU credit, after a long build say, run at a
+/// fraction of their speed).
+fn steal_summary<'a>(what: &str, runs: impl Iterator<Item = &'a BTreeMap<String, f64>>) -> String {
+    let steals: Vec<f64> = runs
+        .filter_map(|cpu| cpu.get(crate::cpu::STEAL).copied())
         .collect();
     let Some(most) = steals.iter().copied().reduce(f64::max) else {
-        return "Steal: not measured.".to_owned();
+        return format!("Steal in {what}: not measured.");
     };
     let mean = steals.iter().sum::<f64>() / steals.len() as f64;
     let mut line = format!(
-        "Steal (CPU the hypervisor gave other guests): {mean:.0}% of a core on average, \
-         {most:.0}% at most in one run."
+        "Steal in {what} (CPU the hypervisor gave other guests): {mean:.0}% of a core on \
+         average, {most:.0}% at most in one run."
     );
     if most > STEAL_WARNING_PERCENT {
         line.push_str(
@@ -118,14 +123,28 @@ pub fn table(results: &Results) -> String {
         "\nMachine: {} ({} cores, {} GiB), Linux {}, {}; {}; {} s per step.\n",
         m.cpu, m.cores, m.memory_gib, m.kernel, m.redis, m.date, results.settings.seconds
     );
-    out.push_str("| Redis floor (redis-benchmark, 32 connections) | req/s | p50 ms | p95 ms | p99 ms | max ms |\n|---|---|---|---|---|---|\n");
+    out.push_str("| Redis floor (redis-benchmark, 32 connections) | req/s | p50 ms | p95 ms | p99 ms | max ms | CPU % of a core |\n|---|---|---|---|---|---|---|\n");
     for r in &results.redis {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
-            r.command, r.requests_per_second, r.p50_ms, r.p95_ms, r.p99_ms, r.max_ms
+            "| {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
+            r.command,
+            r.requests_per_second,
+            r.p50_ms,
+            r.p95_ms,
+            r.p99_ms,
+            r.max_ms,
+            cpu_shares(&r.cpu_percent)
         );
     }
+    let _ = writeln!(
+        out,
+        "\n{}",
+        steal_summary(
+            "the Redis floor",
+            results.redis.iter().map(|r| &r.cpu_percent)
+        )
+    );
     for host in &results.hosts {
         host_tables(&mut out, host);
     }
@@ -191,7 +210,11 @@ fn host_tables(out: &mut String, host: &HostResults) {
         host.startup.cold_ms,
         host.startup.warm_ms
     );
-    let _ = writeln!(out, "{}", steal_summary(host));
+    let _ = writeln!(
+        out,
+        "{}",
+        steal_summary("this host's runs", host.runs().map(|f| &f.cpu_percent))
+    );
     let rps = |figures: &[Figures], c| HostResults::at(figures, c).map(|f| f.requests_per_second);
     let accepted_rps =
         HostResults::at(&host.orders, 32).map(|f| f.with_status(202) as f64 / f.seconds);
@@ -230,4 +253,38 @@ fn host_tables(out: &mut String, host: &HostResults) {
         None => "kept up with every rate tried".to_owned(),
     };
     let _ = writeln!(out, "End to end (mail at once) {kept_up}; {fell_behind}.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(steal: Option<f64>) -> BTreeMap<String, f64> {
+        let mut cpu = BTreeMap::from([("runner".to_owned(), 150.0)]);
+        if let Some(steal) = steal {
+            cpu.insert(crate::cpu::STEAL.to_owned(), steal);
+        }
+        cpu
+    }
+
+    #[test]
+    fn steal_above_a_tenth_of_a_core_in_any_run_warns() {
+        let quiet = [run(Some(1.0)), run(Some(3.0))];
+        let line = steal_summary("the floor", quiet.iter());
+        assert!(
+            line.contains("2% of a core on average, 3% at most"),
+            "{line}"
+        );
+        assert!(!line.contains("WARNING"), "{line}");
+
+        let one_bad = [run(Some(1.0)), run(Some(40.0))];
+        let line = steal_summary("the floor", one_bad.iter());
+        assert!(line.contains("WARNING"), "{line}");
+    }
+
+    #[test]
+    fn runs_without_steal_say_it_was_not_measured() {
+        let line = steal_summary("the floor", [run(None)].iter());
+        assert_eq!(line, "Steal in the floor: not measured.");
+    }
 }

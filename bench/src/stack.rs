@@ -78,6 +78,9 @@ pub struct RedisFigures {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Where the CPU went while it ran (Redis, redis-benchmark in "everything else",
+    /// steal, idle): this step waits and wakes the most, so steal hits it hardest.
+    pub cpu_percent: BTreeMap<String, f64>,
 }
 
 /// Redis's own floor for the commands one order costs, at 32 connections as the HTTP
@@ -90,6 +93,7 @@ pub fn redis_benchmark(redis: &e2e::Redis, settings: &Settings) -> Result<Vec<Re
     ];
     let mut figures = Vec::new();
     for command in commands {
+        let meter = crate::cpu::Meter::start(&[("redis", redis.pid())]);
         let output = Command::new("redis-benchmark")
             .args(["-p", &redis.port.to_string(), "-c", "32", "--csv"])
             .arg("-n")
@@ -97,6 +101,7 @@ pub fn redis_benchmark(redis: &e2e::Redis, settings: &Settings) -> Result<Vec<Re
             .args(command)
             .output()
             .context("running redis-benchmark (Debian's redis-tools)")?;
+        let cpu_percent = meter.stop();
         let text = String::from_utf8_lossy(&output.stdout);
         // "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max_latency_ms"
         let row = text
@@ -118,6 +123,7 @@ pub fn redis_benchmark(redis: &e2e::Redis, settings: &Settings) -> Result<Vec<Re
             p95_ms: cells[4],
             p99_ms: cells[5],
             max_ms: cells[6],
+            cpu_percent,
         });
     }
     Ok(figures)
