@@ -4,8 +4,9 @@
 # tables and written to target/bench/ (results.json, latency.svg). It starts its own
 # redis-server, dev mail API and runners on free loopback ports, and stops them.
 #
-# Settings (environment): BENCH_SECONDS (10) per step, BENCH_SLOW_MAIL_RATE (120)
-# orders/s offered with the mail API answering in 150 ms, BENCH_DRAIN_SECONDS (120),
+# Settings (environment): BENCH_SECONDS (10) per step, BENCH_KEEP_UP_STEPS (3)
+# bisection steps end to end, BENCH_SLOW_MAIL_RATE (400) the second rate offered with
+# the mail API answering in 150 ms (the first is 120), BENCH_DRAIN_SECONDS (120),
 # BENCH_OUT (target/bench). `scripts/bench.sh --smoke` runs every step for a moment.
 set -euo pipefail
 
