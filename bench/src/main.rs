@@ -110,17 +110,6 @@ impl HostResults {
     pub fn at(figures: &[Figures], connections: u32) -> Option<&Figures> {
         figures.iter().find(|f| f.connections == connections)
     }
-
-    /// Every load run of this host, whatever its step (end to end: checkout's load).
-    pub fn runs(&self) -> impl Iterator<Item = &Figures> {
-        self.empty
-            .iter()
-            .chain(&self.products)
-            .chain(&self.orders)
-            .chain(self.order_lines.iter().map(|(_, f)| f))
-            .chain([&self.orders_exported])
-            .chain(self.end_to_end.iter().map(|e| &e.checkout))
-    }
 }
 
 /// Where the bisection for end to end's sustainable rate ended.

@@ -83,29 +83,93 @@ fn cpu_shares(shares: &BTreeMap<String, f64>) -> String {
 /// the hypervisor than about the app.
 const STEAL_WARNING_PERCENT: f64 = 10.0;
 
-/// How much CPU the hypervisor kept from these runs (`what`: "this host's runs", say),
-/// and a warning when that makes them incomparable with a quiet run's (virtual
-/// machines that have used up their CPU credit, after a long build say, run at a
-/// fraction of their speed).
-fn steal_summary<'a>(what: &str, runs: impl Iterator<Item = &'a BTreeMap<String, f64>>) -> String {
-    let steals: Vec<f64> = runs
-        .filter_map(|cpu| cpu.get(crate::cpu::STEAL).copied())
+/// How much CPU the hypervisor kept from these runs (`what`: "this host's runs", say;
+/// each run with its label), and a warning naming the runs it made incomparable with a
+/// quiet run's (virtual machines that have used up their CPU credit, after a long build
+/// say, run at a fraction of their speed; a mostly idle run can lose a lot to steal
+/// while the busy ones beside it lose little).
+fn steal_summary<'a>(
+    what: &str,
+    runs: impl IntoIterator<Item = (String, &'a BTreeMap<String, f64>)>,
+) -> String {
+    let steals: Vec<(String, f64)> = runs
+        .into_iter()
+        .filter_map(|(run, cpu)| Some((run, *cpu.get(crate::cpu::STEAL)?)))
         .collect();
-    let Some(most) = steals.iter().copied().reduce(f64::max) else {
+    let Some(most) = steals.iter().map(|(_, steal)| *steal).reduce(f64::max) else {
         return format!("Steal in {what}: not measured.");
     };
-    let mean = steals.iter().sum::<f64>() / steals.len() as f64;
+    let mean = steals.iter().map(|(_, steal)| steal).sum::<f64>() / steals.len() as f64;
     let mut line = format!(
         "Steal in {what} (CPU the hypervisor gave other guests): {mean:.0}% of a core on \
          average, {most:.0}% at most in one run."
     );
-    if most > STEAL_WARNING_PERCENT {
-        line.push_str(
-            " WARNING: this machine was not running at its own speed; compare neither \
-             req/s nor ratios with a run whose steal was near 0, and re-run on a rested machine.",
+    let stolen: Vec<String> = steals
+        .iter()
+        .filter(|(_, steal)| *steal > STEAL_WARNING_PERCENT)
+        .map(|(run, steal)| format!("{run} ({steal:.0}%)"))
+        .collect();
+    if !stolen.is_empty() {
+        let _ = write!(
+            line,
+            " WARNING: the hypervisor took more than a tenth of a core from {} of {} runs: \
+             {}. Compare neither their req/s nor ratios made from them with a quiet run's, \
+             and re-run on a rested machine.",
+            stolen.len(),
+            steals.len(),
+            stolen.join(", ")
         );
     }
     line
+}
+
+const EMPTY: &str = "empty component `GET /`";
+const PRODUCTS: &str = "`GET /api/products`";
+const ORDERS: &str = "`POST /api/orders` (checkout alone)";
+const ORDERS_EXPORTED: &str = "`POST /api/orders`, every span exported";
+
+fn order_lines(lines: usize) -> String {
+    format!("`POST /api/orders`, {lines} lines")
+}
+
+fn mail(delay_ms: u64) -> String {
+    if delay_ms == 0 {
+        "mail API at once".to_owned()
+    } else {
+        format!("mail API in {delay_ms} ms")
+    }
+}
+
+/// Every load run of a host, named as its table names it (end to end: checkout's load).
+fn labelled_runs(host: &HostResults) -> Vec<(String, &Figures)> {
+    let at = |what: &str, f: &Figures| {
+        let plural = if f.connections == 1 { "" } else { "s" };
+        format!("{what} at {} connection{plural}", f.connections)
+    };
+    let mut runs = Vec::new();
+    for (what, figures) in [
+        (EMPTY, &host.empty),
+        (PRODUCTS, &host.products),
+        (ORDERS, &host.orders),
+    ] {
+        runs.extend(figures.iter().map(|f| (at(what, f), f)));
+    }
+    for (lines, f) in &host.order_lines {
+        runs.push((at(&order_lines(*lines), f), f));
+    }
+    runs.push((
+        at(ORDERS_EXPORTED, &host.orders_exported),
+        &host.orders_exported,
+    ));
+    for e in &host.end_to_end {
+        let what = format!(
+            "end to end at {} offered/s, {}",
+            e.offered_per_second,
+            mail(e.mail_delay_ms)
+        );
+        runs.push((what, &e.checkout));
+    }
+    runs
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -142,7 +206,10 @@ pub fn table(results: &Results) -> String {
         "\n{}",
         steal_summary(
             "the Redis floor",
-            results.redis.iter().map(|r| &r.cpu_percent)
+            results
+                .redis
+                .iter()
+                .map(|r| (r.command.clone(), &r.cpu_percent))
         )
     );
     for host in &results.hosts {
@@ -155,31 +222,22 @@ fn host_tables(out: &mut String, host: &HostResults) {
     let _ = writeln!(out, "\n### {}\n", host.host);
     out.push_str("| Request | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|\n");
     for f in &host.empty {
-        row(out, "empty component `GET /`", f, 200);
+        row(out, EMPTY, f, 200);
     }
     for f in &host.products {
-        row(out, "`GET /api/products`", f, 200);
+        row(out, PRODUCTS, f, 200);
     }
     for f in &host.orders {
-        row(out, "`POST /api/orders` (checkout alone)", f, 202);
+        row(out, ORDERS, f, 202);
     }
     for (lines, f) in &host.order_lines {
-        row(out, &format!("`POST /api/orders`, {lines} lines"), f, 202);
+        row(out, &order_lines(*lines), f, 202);
     }
-    row(
-        out,
-        "`POST /api/orders`, every span exported",
-        &host.orders_exported,
-        202,
-    );
+    row(out, ORDERS_EXPORTED, &host.orders_exported, 202);
 
     out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for e in &host.end_to_end {
-        let mail = if e.mail_delay_ms == 0 {
-            "mail API at once".to_owned()
-        } else {
-            format!("mail API in {} ms", e.mail_delay_ms)
-        };
+        let mail = mail(e.mail_delay_ms);
         let drained = if e.drained {
             format!("{:.1} s", e.drain_seconds)
         } else {
@@ -213,7 +271,12 @@ fn host_tables(out: &mut String, host: &HostResults) {
     let _ = writeln!(
         out,
         "{}",
-        steal_summary("this host's runs", host.runs().map(|f| &f.cpu_percent))
+        steal_summary(
+            "this host's runs",
+            labelled_runs(host)
+                .into_iter()
+                .map(|(run, f)| (run, &f.cpu_percent))
+        )
     );
     let rps = |figures: &[Figures], c| HostResults::at(figures, c).map(|f| f.requests_per_second);
     let accepted_rps =
@@ -267,24 +330,46 @@ mod tests {
         cpu
     }
 
+    fn named(runs: &[(&str, Option<f64>)]) -> Vec<(String, BTreeMap<String, f64>)> {
+        runs.iter()
+            .map(|(name, steal)| (name.to_string(), run(*steal)))
+            .collect()
+    }
+
+    fn summary(runs: &[(String, BTreeMap<String, f64>)]) -> String {
+        steal_summary(
+            "the floor",
+            runs.iter().map(|(name, cpu)| (name.clone(), cpu)),
+        )
+    }
+
     #[test]
-    fn steal_above_a_tenth_of_a_core_in_any_run_warns() {
-        let quiet = [run(Some(1.0)), run(Some(3.0))];
-        let line = steal_summary("the floor", quiet.iter());
+    fn steal_above_a_tenth_of_a_core_in_a_run_warns_and_names_that_run() {
+        let quiet = named(&[("SET", Some(1.0)), ("INCRBY", Some(3.0))]);
+        let line = summary(&quiet);
         assert!(
             line.contains("2% of a core on average, 3% at most"),
             "{line}"
         );
         assert!(!line.contains("WARNING"), "{line}");
 
-        let one_bad = [run(Some(1.0)), run(Some(40.0))];
-        let line = steal_summary("the floor", one_bad.iter());
-        assert!(line.contains("WARNING"), "{line}");
+        let one_bad = named(&[
+            ("SET", Some(1.0)),
+            ("INCRBY", Some(40.0)),
+            ("PUBLISH", Some(9.0)),
+        ]);
+        let line = summary(&one_bad);
+        assert!(
+            line.contains("more than a tenth of a core from 1 of 3 runs: INCRBY (40%)."),
+            "{line}"
+        );
+        assert!(!line.contains("SET ("), "{line}");
+        assert!(!line.contains("PUBLISH ("), "{line}");
     }
 
     #[test]
     fn runs_without_steal_say_it_was_not_measured() {
-        let line = steal_summary("the floor", [run(None)].iter());
+        let line = summary(&named(&[("SET", None)]));
         assert_eq!(line, "Steal in the floor: not measured.");
     }
 }
