@@ -45,6 +45,11 @@ pub struct Settings {
     /// Orders per second offered end to end with the mail API answering in 150 ms.
     pub slow_mail_rates: Vec<u32>,
     pub slow_mail_delay_ms: u64,
+    /// Fulfilment by shard count (mail API in `slow_mail_delay_ms`): checkout spreads
+    /// orders over the first `n` of `spin.toml`'s channels, and each shard is offered
+    /// `orders_per_shard` a second, more than it can take.
+    pub shard_counts: Vec<u32>,
+    pub orders_per_shard: u32,
     /// How long to wait after the load for the backlog to drain.
     pub drain_seconds: f64,
     pub redis_benchmark_requests: u32,
@@ -67,6 +72,8 @@ impl Settings {
                 keep_up_search_steps: 1,
                 slow_mail_rates: vec![20],
                 slow_mail_delay_ms: 150,
+                shard_counts: vec![1, 2],
+                orders_per_shard: 60,
                 drain_seconds: 30.0,
                 redis_benchmark_requests: 2_000,
                 smoke,
@@ -79,6 +86,10 @@ impl Settings {
             keep_up_search_steps: number("BENCH_KEEP_UP_STEPS", 3.0) as u32,
             slow_mail_rates: vec![120, number("BENCH_SLOW_MAIL_RATE", 400.0) as u32],
             slow_mail_delay_ms: 150,
+            // 1, 4 and all of spin.toml's (16).
+            shard_counts: vec![1, 4, 0],
+            // One shard takes at most `fulfilment_batch / 150 ms`, 53/s with the default 8.
+            orders_per_shard: 60,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
             redis_benchmark_requests: 200_000,
             smoke,
@@ -99,6 +110,9 @@ pub struct HostResults {
     /// project's trace viewer (beside `orders`, which exports nothing).
     pub orders_exported: Figures,
     pub end_to_end: Vec<EndToEnd>,
+    /// End to end with the mail API in `slow_mail_delay_ms`, by number of shards used:
+    /// what one shard, and several on one machine, can take.
+    pub by_shards: Vec<(u32, EndToEnd)>,
     /// The highest offered rate end to end kept up with (mail at once), and the lowest
     /// it did not, after the bisection.
     pub keeps_up: KeepsUp,
@@ -293,6 +307,14 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         shop.stock_up()?;
         shop.end_to_end(&redis, &mail, rate, delay_ms, settings)
     };
+    let run_sharded = |shards: u32| -> Result<EndToEnd> {
+        let redis = e2e::Redis::start(scratch);
+        let mail = e2e::DevMail::start(scratch);
+        let shop = Shop::start_sharded(host, scratch, &redis, &mail, shards)?;
+        shop.stock_up()?;
+        let rate = shards * settings.orders_per_shard;
+        shop.end_to_end(&redis, &mail, rate, settings.slow_mail_delay_ms, settings)
+    };
     let mut end_to_end = Vec::new();
     for share in &settings.instant_mail_load {
         end_to_end.push(run((checkout_rate * share).round().max(1.0) as u32, 0)?);
@@ -310,6 +332,15 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     for &rate in &settings.slow_mail_rates {
         end_to_end.push(run(rate, settings.slow_mail_delay_ms)?);
     }
+    let mut by_shards = Vec::new();
+    for &shards in &settings.shard_counts {
+        let shards = if shards == 0 {
+            stack::spin_toml_shards()?
+        } else {
+            shards
+        };
+        by_shards.push((shards, run_sharded(shards)?));
+    }
 
     Ok(HostResults {
         host: host.name(),
@@ -319,6 +350,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         order_lines,
         orders_exported,
         end_to_end,
+        by_shards,
         keeps_up,
         memory,
         startup,

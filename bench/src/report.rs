@@ -169,6 +169,14 @@ fn labelled_runs(host: &HostResults) -> Vec<(String, &Figures)> {
         );
         runs.push((what, &e.checkout));
     }
+    for (shards, e) in &host.by_shards {
+        let what = format!(
+            "{shards} shard(s) at {} offered/s, {}",
+            e.offered_per_second,
+            mail(e.mail_delay_ms)
+        );
+        runs.push((what, &e.checkout));
+    }
     runs
 }
 
@@ -253,6 +261,27 @@ fn host_tables(out: &mut String, host: &HostResults) {
             e.backlog_growth_per_second,
             e.order_to_email_p50_ms,
             e.order_to_email_p99_ms,
+            e.unexpected_answers,
+            cpu(&e.checkout)
+        );
+    }
+
+    if let Some((_, first)) = host.by_shards.first() {
+        let _ = writeln!(
+            out,
+            "\n| Fulfilment by shards used ({}) | offered/s | accepted/s | emailed/s during load | per shard | backlog growth/s | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|",
+            mail(first.mail_delay_ms)
+        );
+    }
+    for (shards, e) in &host.by_shards {
+        let _ = writeln!(
+            out,
+            "| {shards} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            e.offered_per_second,
+            e.accepted_per_second,
+            e.emailed_per_second_during_load,
+            e.emailed_per_second_during_load / f64::from(*shards),
+            e.backlog_growth_per_second,
             e.unexpected_answers,
             cpu(&e.checkout)
         );

@@ -247,7 +247,20 @@ impl Shop {
         mail: &e2e::DevMail,
         components: &[&str],
     ) -> Result<Shop> {
-        Self::launch(host, scratch, redis, mail, components, None)
+        let shards = spin_toml_shards()?;
+        Self::launch(host, scratch, redis, mail, components, shards, None)
+    }
+
+    /// The whole app, checkout spreading orders over only the first `shards` of
+    /// `spin.toml`'s channels (the other subscribers idle).
+    pub fn start_sharded(
+        host: &Host,
+        scratch: &e2e::Scratch,
+        redis: &e2e::Redis,
+        mail: &e2e::DevMail,
+        shards: u32,
+    ) -> Result<Shop> {
+        Self::launch(host, scratch, redis, mail, &[], shards, None)
     }
 
     /// The same, exporting every span to `viewer`.
@@ -265,6 +278,7 @@ impl Shop {
             redis,
             mail,
             components,
+            spin_toml_shards()?,
             Some(viewer.endpoint()),
         )
     }
@@ -275,9 +289,9 @@ impl Shop {
         redis: &e2e::Redis,
         mail: &e2e::DevMail,
         components: &[&str],
+        shards: u32,
         otlp_endpoint: Option<String>,
     ) -> Result<Shop> {
-        let shards = spin_toml_shards()?;
         let runner = e2e::Runner::start(
             scratch,
             redis,
@@ -434,7 +448,7 @@ impl Shop {
 }
 
 /// The number of shards `spin.toml` declares (its `order_shards` default).
-fn spin_toml_shards() -> Result<u32> {
+pub fn spin_toml_shards() -> Result<u32> {
     let text = std::fs::read_to_string(e2e::workspace_root().join("spin.toml"))?;
     text.lines()
         .find_map(|line| {

@@ -124,6 +124,30 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         );
         assert_eq!(run["unexpected_answers"], 0, "{run}");
     }
+    // Fulfilment by shards used, the mail API slow: each shard offered more than it can
+    // take, every order accepted, and emails reaching the mail API from every count.
+    let by_shards = runner["by_shards"].as_array().unwrap();
+    let shards: Vec<u64> = by_shards.iter().map(|p| p[0].as_u64().unwrap()).collect();
+    assert_eq!(shards, [1, 2]);
+    for pair in by_shards {
+        let (shards, run) = (pair[0].as_u64().unwrap(), &pair[1]);
+        assert_eq!(run["mail_delay_ms"], 150, "{run}");
+        assert_eq!(
+            run["offered_per_second"].as_u64(),
+            Some(60 * shards),
+            "{run}"
+        );
+        assert_eq!(run["unexpected_answers"], 0, "{run}");
+        assert_eq!(run["drained"], true, "{run}");
+        assert!(
+            run["emailed_per_second_during_load"].as_f64() > Some(0.0),
+            "{run}"
+        );
+    }
+    assert!(
+        printed.contains("| Fulfilment by shards used (mail API in 150 ms) |"),
+        "{printed}"
+    );
     assert!(runner["memory"]["idle_mib"].as_f64() > Some(1.0));
     assert!(runner["startup"]["cold_ms"].as_f64() > Some(0.0));
 
