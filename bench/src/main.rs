@@ -50,6 +50,10 @@ pub struct Settings {
     /// `orders_per_shard` a second, more than it can take.
     pub shard_counts: Vec<u32>,
     pub orders_per_shard: u32,
+    /// Pairs of runs at 32 connections, the empty component then `POST /api/orders`,
+    /// one after the other: one pair's ratio moves with the machine (25% and 33% in
+    /// two runs of the same code an hour apart), the median of several less.
+    pub ratio_pairs: u32,
     /// How long to wait after the load for the backlog to drain.
     pub drain_seconds: f64,
     pub redis_benchmark_requests: u32,
@@ -74,6 +78,7 @@ impl Settings {
                 slow_mail_delay_ms: 150,
                 shard_counts: vec![1, 2],
                 orders_per_shard: 60,
+                ratio_pairs: 2,
                 drain_seconds: 30.0,
                 redis_benchmark_requests: 2_000,
                 smoke,
@@ -90,6 +95,7 @@ impl Settings {
             shard_counts: vec![1, 4, 0],
             // One shard takes at most `fulfilment_batch / 150 ms`, 53/s with the default 8.
             orders_per_shard: 60,
+            ratio_pairs: number("BENCH_RATIO_PAIRS", 3.0) as u32,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
             redis_benchmark_requests: 200_000,
             smoke,
@@ -109,6 +115,9 @@ pub struct HostResults {
     /// `POST /api/orders` at 32 connections with every span exported over OTLP to the
     /// project's trace viewer (beside `orders`, which exports nothing).
     pub orders_exported: Figures,
+    /// The empty component and `POST /api/orders` at 32 connections, run in turn
+    /// ([`Settings::ratio_pairs`]).
+    pub ratio_pairs: Vec<RatioPair>,
     pub end_to_end: Vec<EndToEnd>,
     /// End to end with the mail API in `slow_mail_delay_ms`, by number of shards used:
     /// what one shard, and several on one machine, can take.
@@ -123,6 +132,21 @@ pub struct HostResults {
 impl HostResults {
     pub fn at(figures: &[Figures], connections: u32) -> Option<&Figures> {
         figures.iter().find(|f| f.connections == connections)
+    }
+}
+
+/// The empty component, then `POST /api/orders`, at 32 connections.
+#[derive(Debug, Serialize)]
+pub struct RatioPair {
+    pub empty: Figures,
+    pub orders: Figures,
+}
+
+impl RatioPair {
+    /// Accepted orders/s as a share of the empty component's answers/s.
+    pub fn ratio(&self) -> Option<f64> {
+        let accepted = self.orders.with_status(202) as f64 / self.orders.seconds;
+        (self.empty.requests_per_second > 0.0).then(|| accepted / self.empty.requests_per_second)
     }
 }
 
@@ -280,6 +304,22 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         peak_under_load_mib: peak_rss,
         after_load_mib: checkout.rss_mib(),
     };
+    // The ratio of target 1 from pairs run in turn, both apps up at once.
+    let empty_app = stack::EmptyApp::start(host, scratch)?;
+    let mut ratio_pairs = Vec::new();
+    for _ in 0..settings.ratio_pairs {
+        let empty_watch = [(name.as_str(), empty_app.pid())];
+        let empty = load(&empty_app.url, "GET", None, 32, &empty_watch)?;
+        let orders = load(
+            &checkout.url("/api/orders"),
+            "POST",
+            Some(&order),
+            32,
+            &watch,
+        )?;
+        ratio_pairs.push(RatioPair { empty, orders });
+    }
+    drop(empty_app);
     let checkout_rate = HostResults::at(&orders, 32)
         .or(orders.last())
         .map(|f| f.with_status(202) as f64 / f.seconds)
@@ -349,6 +389,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         orders,
         order_lines,
         orders_exported,
+        ratio_pairs,
         end_to_end,
         by_shards,
         keeps_up,

@@ -161,6 +161,16 @@ fn labelled_runs(host: &HostResults) -> Vec<(String, &Figures)> {
         at(ORDERS_EXPORTED, &host.orders_exported),
         &host.orders_exported,
     ));
+    for (i, pair) in host.ratio_pairs.iter().enumerate() {
+        runs.push((
+            format!("pair {}: {}", i + 1, at(EMPTY, &pair.empty)),
+            &pair.empty,
+        ));
+        runs.push((
+            format!("pair {}: {}", i + 1, at(ORDERS, &pair.orders)),
+            &pair.orders,
+        ));
+    }
     for e in &host.end_to_end {
         let what = format!(
             "end to end at {} offered/s, {}",
@@ -178,6 +188,24 @@ fn labelled_runs(host: &HostResults) -> Vec<(String, &Figures)> {
         runs.push((what, &e.checkout));
     }
     runs
+}
+
+fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "n/a".to_owned(), |s| format!("{:.0}%", 100.0 * s))
+}
+
+/// The median, lowest and highest of `values` (none when there are none).
+fn spread(values: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    let (&low, &high) = (values.first()?, values.last()?);
+    let middle = values.len() / 2;
+    let median = if values.len().is_multiple_of(2) {
+        (values[middle - 1] + values[middle]) / 2.0
+    } else {
+        values[middle]
+    };
+    Some((median, low, high))
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
@@ -242,6 +270,20 @@ fn host_tables(out: &mut String, host: &HostResults) {
         row(out, &order_lines(*lines), f, 202);
     }
     row(out, ORDERS_EXPORTED, &host.orders_exported, 202);
+
+    if !host.ratio_pairs.is_empty() {
+        out.push_str("\n| In turn at 32 connections | empty component req/s | `POST /api/orders` accepted/s | ratio |\n|---|---|---|---|\n");
+    }
+    for (i, pair) in host.ratio_pairs.iter().enumerate() {
+        let accepted = pair.orders.with_status(202) as f64 / pair.orders.seconds;
+        let _ = writeln!(
+            out,
+            "| pair {} | {:.0} | {accepted:.0} | {} |",
+            i + 1,
+            pair.empty.requests_per_second,
+            percent(pair.ratio())
+        );
+    }
 
     out.push_str("\n| End to end | offered/s | accepted/s | emailed/s during load | backlog at end | backlog growth/s | drained after | order to email p50 / p99 ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|---|\n");
     for e in &host.end_to_end {
@@ -317,6 +359,16 @@ fn host_tables(out: &mut String, host: &HostResults) {
         ratio(accepted_rps, rps(&host.empty, 32)),
         ratio(rps(&host.products, 32), rps(&host.empty, 32)),
     );
+    if let Some((median, low, high)) = spread(host.ratio_pairs.iter().filter_map(|p| p.ratio())) {
+        let _ = writeln!(
+            out,
+            "Ratio over {} pairs run in turn: `POST /api/orders` = {} of the empty component (median; {} to {}).",
+            host.ratio_pairs.len(),
+            percent(Some(median)),
+            percent(Some(low)),
+            percent(Some(high)),
+        );
+    }
     for e in instant {
         let _ = writeln!(
             out,
@@ -394,6 +446,16 @@ mod tests {
         );
         assert!(!line.contains("SET ("), "{line}");
         assert!(!line.contains("PUBLISH ("), "{line}");
+    }
+
+    #[test]
+    fn the_spread_of_ratios_is_their_median_and_extremes() {
+        assert_eq!(
+            spread([0.33, 0.25, 0.30].into_iter()),
+            Some((0.30, 0.25, 0.33))
+        );
+        assert_eq!(spread([0.20, 0.30].into_iter()), Some((0.25, 0.20, 0.30)));
+        assert_eq!(spread(std::iter::empty()), None);
     }
 
     #[test]

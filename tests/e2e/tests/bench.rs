@@ -124,6 +124,25 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         );
         assert_eq!(run["unexpected_answers"], 0, "{run}");
     }
+    // Target 1's ratio from pairs run in turn: both apps answered, every order accepted.
+    let pairs = runner["ratio_pairs"].as_array().unwrap();
+    assert_eq!(pairs.len(), 2);
+    for pair in pairs {
+        assert!(requests(&pair["empty"]) > 0, "{pair}");
+        assert_eq!(pair["empty"]["connections"], 32, "{pair}");
+        let orders = &pair["orders"];
+        assert!(requests(orders) > 0, "{pair}");
+        assert_eq!(
+            orders["statuses"]["202"].as_u64(),
+            Some(requests(orders)),
+            "{pair}"
+        );
+    }
+    assert!(
+        printed.contains("Ratio over 2 pairs run in turn: `POST /api/orders` = "),
+        "{printed}"
+    );
+
     // Fulfilment by shards used, the mail API slow: each shard offered more than it can
     // take, every order accepted, and emails reaching the mail API from every count.
     let by_shards = runner["by_shards"].as_array().unwrap();
