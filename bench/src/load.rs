@@ -53,6 +53,11 @@ impl Figures {
         self.statuses.get(&status.to_string()).copied().unwrap_or(0)
     }
 
+    /// Answers with this status per second of the run.
+    pub fn per_second(&self, status: u16) -> f64 {
+        self.with_status(status) as f64 / self.seconds
+    }
+
     /// Answers with any other status than `status`, and transport errors.
     pub fn unexpected(&self, status: u16) -> u64 {
         self.requests - self.with_status(status) + self.errors

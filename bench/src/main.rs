@@ -145,8 +145,8 @@ pub struct RatioPair {
 impl RatioPair {
     /// Accepted orders/s as a share of the empty component's answers/s.
     pub fn ratio(&self) -> Option<f64> {
-        let accepted = self.orders.with_status(202) as f64 / self.orders.seconds;
-        (self.empty.requests_per_second > 0.0).then(|| accepted / self.empty.requests_per_second)
+        (self.empty.requests_per_second > 0.0)
+            .then(|| self.orders.per_second(202) / self.empty.requests_per_second)
     }
 }
 
@@ -322,7 +322,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     drop(empty_app);
     let checkout_rate = HostResults::at(&orders, 32)
         .or(orders.last())
-        .map(|f| f.with_status(202) as f64 / f.seconds)
+        .map(|f| f.per_second(202))
         .unwrap_or(100.0);
     drop(checkout);
 
@@ -340,21 +340,15 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
 
     // 3. End to end: the whole app, at fixed offered rates, then the highest rate it
     // keeps up with (mail at once) by bisection between those that did and did not.
-    let run = |rate: u32, delay_ms: u64| -> Result<EndToEnd> {
-        let redis = e2e::Redis::start(scratch);
-        let mail = e2e::DevMail::start(scratch);
-        let shop = Shop::start(host, scratch, &redis, &mail, &[])?;
-        shop.stock_up()?;
-        shop.end_to_end(&redis, &mail, rate, delay_ms, settings)
-    };
-    let run_sharded = |shards: u32| -> Result<EndToEnd> {
+    let all_shards = stack::spin_toml_shards()?;
+    let run_on = |shards: u32, rate: u32, delay_ms: u64| -> Result<EndToEnd> {
         let redis = e2e::Redis::start(scratch);
         let mail = e2e::DevMail::start(scratch);
         let shop = Shop::start_sharded(host, scratch, &redis, &mail, shards)?;
         shop.stock_up()?;
-        let rate = shards * settings.orders_per_shard;
-        shop.end_to_end(&redis, &mail, rate, settings.slow_mail_delay_ms, settings)
+        shop.end_to_end(&redis, &mail, rate, delay_ms, settings)
     };
+    let run = |rate: u32, delay_ms: u64| run_on(all_shards, rate, delay_ms);
     let mut end_to_end = Vec::new();
     for share in &settings.instant_mail_load {
         end_to_end.push(run((checkout_rate * share).round().max(1.0) as u32, 0)?);
@@ -374,12 +368,9 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     }
     let mut by_shards = Vec::new();
     for &shards in &settings.shard_counts {
-        let shards = if shards == 0 {
-            stack::spin_toml_shards()?
-        } else {
-            shards
-        };
-        by_shards.push((shards, run_sharded(shards)?));
+        let shards = if shards == 0 { all_shards } else { shards };
+        let rate = shards * settings.orders_per_shard;
+        by_shards.push((shards, run_on(shards, rate, settings.slow_mail_delay_ms)?));
     }
 
     Ok(HostResults {

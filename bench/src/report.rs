@@ -209,10 +209,10 @@ fn spread(values: impl Iterator<Item = f64>) -> Option<(f64, f64, f64)> {
 }
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
-    match (a, b) {
-        (Some(a), Some(b)) if b > 0.0 => format!("{:.0}%", 100.0 * a / b),
-        _ => "n/a".to_owned(),
-    }
+    percent(match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    })
 }
 
 pub fn table(results: &Results) -> String {
@@ -275,12 +275,12 @@ fn host_tables(out: &mut String, host: &HostResults) {
         out.push_str("\n| In turn at 32 connections | empty component req/s | `POST /api/orders` accepted/s | ratio |\n|---|---|---|---|\n");
     }
     for (i, pair) in host.ratio_pairs.iter().enumerate() {
-        let accepted = pair.orders.with_status(202) as f64 / pair.orders.seconds;
         let _ = writeln!(
             out,
-            "| pair {} | {:.0} | {accepted:.0} | {} |",
+            "| pair {} | {:.0} | {:.0} | {} |",
             i + 1,
             pair.empty.requests_per_second,
+            pair.orders.per_second(202),
             percent(pair.ratio())
         );
     }
@@ -350,8 +350,7 @@ fn host_tables(out: &mut String, host: &HostResults) {
         )
     );
     let rps = |figures: &[Figures], c| HostResults::at(figures, c).map(|f| f.requests_per_second);
-    let accepted_rps =
-        HostResults::at(&host.orders, 32).map(|f| f.with_status(202) as f64 / f.seconds);
+    let accepted_rps = HostResults::at(&host.orders, 32).map(|f| f.per_second(202));
     let instant = host.end_to_end.iter().filter(|e| e.mail_delay_ms == 0);
     let _ = writeln!(
         out,

@@ -430,7 +430,7 @@ impl Shop {
         Ok(EndToEnd {
             offered_per_second: rate,
             mail_delay_ms: delay_ms,
-            accepted_per_second: accepted as f64 / figures.seconds,
+            accepted_per_second: figures.per_second(202),
             emailed_per_second_during_load: emailed_during_load as f64 / figures.seconds,
             backlog_at_end,
             backlog_growth_per_second: growth,
