@@ -107,6 +107,9 @@ impl Settings {
 #[derive(Debug, Serialize)]
 pub struct HostResults {
     pub host: String,
+    /// The binary that ran the app (which build of the runner: `target/host-release/…`
+    /// from `make bench`, `target/debug/…` from the smoke test).
+    pub program: String,
     pub empty: Vec<Figures>,
     pub products: Vec<Figures>,
     pub orders: Vec<Figures>,
@@ -203,7 +206,7 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out_dir)?;
     let scratch = e2e::Scratch::new("bench");
 
-    let mut hosts = vec![Host::Runner];
+    let mut hosts = vec![Host::runner_from_env()];
     match which("spin") {
         Some(spin) => hosts.push(Host::Spin(spin)),
         None => eprintln!("bench: `spin` is not on PATH: only the runner is measured"),
@@ -375,6 +378,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
 
     Ok(HostResults {
         host: host.name(),
+        program: host.program_label(),
         empty,
         products,
         orders,

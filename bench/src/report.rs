@@ -255,7 +255,7 @@ pub fn table(results: &Results) -> String {
 }
 
 fn host_tables(out: &mut String, host: &HostResults) {
-    let _ = writeln!(out, "\n### {}\n", host.host);
+    let _ = writeln!(out, "\n### {} (`{}`)\n", host.host, host.program);
     out.push_str("| Request | connections | req/s | p50 ms | p90 ms | p99 ms | max ms | errors | CPU % of a core |\n|---|---|---|---|---|---|---|---|---|\n");
     for f in &host.empty {
         row(out, EMPTY, f, 200);

@@ -19,25 +19,47 @@ use crate::{wait_until, Settings};
 
 /// What runs the app.
 pub enum Host {
-    /// This project's runner (`target/debug/spin-runner`).
-    Runner,
+    /// This project's runner: the binary named by `BENCH_RUNNER` (`scripts/bench.sh`
+    /// passes the optimised build `make up` runs), else `target/debug/spin-runner`.
+    Runner(PathBuf),
     /// Fermyon Spin's `spin` CLI.
     Spin(PathBuf),
 }
 
 impl Host {
+    /// The runner the benchmark measures (see [`Host::Runner`]).
+    pub fn runner_from_env() -> Host {
+        Host::Runner(
+            std::env::var_os("BENCH_RUNNER")
+                .map(PathBuf::from)
+                .unwrap_or_else(e2e::runner_binary),
+        )
+    }
+
     pub fn name(&self) -> String {
         match self {
-            Host::Runner => "runner".to_owned(),
+            Host::Runner(_) => "runner".to_owned(),
             Host::Spin(_) => "spin".to_owned(),
         }
     }
 
-    fn program(&self) -> PathBuf {
+    pub fn program(&self) -> PathBuf {
         match self {
-            Host::Runner => e2e::runner_binary(),
-            Host::Spin(spin) => spin.clone(),
+            Host::Runner(program) | Host::Spin(program) => program.clone(),
         }
+    }
+
+    /// The program measured, relative to the workspace where it is inside it, so that
+    /// the results say which build of the runner (debug, host-release) they are of.
+    pub fn program_label(&self) -> String {
+        let canonical = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
+        let program = canonical(self.program());
+        let root = canonical(e2e::workspace_root());
+        program
+            .strip_prefix(&root)
+            .unwrap_or(&program)
+            .display()
+            .to_string()
     }
 }
 

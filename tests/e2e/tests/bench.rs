@@ -18,6 +18,7 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
     let output = Command::new(binary("shop-bench"))
         .arg("--smoke")
         .env("BENCH_OUT", &out)
+        .env_remove("BENCH_RUNNER")
         .output()
         .expect("shop-bench (cargo build --bins)");
     let printed = format!(
@@ -49,6 +50,19 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
 
     let runner = &results["hosts"][0];
     assert_eq!(runner["host"], "runner");
+    // Which build of the runner was measured is part of the results (the smoke run's
+    // is the test build; `make bench` passes the optimised one).
+    assert_eq!(
+        runner["program"].as_str().map(std::path::Path::new),
+        Some(
+            runner_binary()
+                .canonicalize()
+                .unwrap()
+                .strip_prefix(workspace_root().canonicalize().unwrap())
+                .unwrap()
+        ),
+        "{runner}"
+    );
     for step in ["empty", "products", "orders"] {
         let runs = runner[step].as_array().unwrap();
         assert_eq!(runs.len(), 2, "{step}: one run per concurrency");
