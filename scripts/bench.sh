@@ -7,7 +7,8 @@
 # Settings (environment): BENCH_SECONDS (10) per step, BENCH_KEEP_UP_STEPS (3)
 # bisection steps end to end, BENCH_SLOW_MAIL_RATE (400) the second rate offered with
 # the mail API answering in 150 ms (the first is 120), BENCH_DRAIN_SECONDS (120),
-# BENCH_OUT (target/bench). `scripts/bench.sh --smoke` runs every step for a moment.
+# BENCH_OUT (target/bench), BENCH_RUNNER (target/host-release/spin-runner) the runner
+# measured. `scripts/bench.sh --smoke` runs every step for a moment.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,4 +16,8 @@ cd "$root"
 
 ./scripts/build-wasm.sh bench-empty
 cargo build --bins --locked >&2
-exec target/debug/shop-bench "$@"
+# Measure the runner `make up` runs (the host-release profile), not the test build; the
+# results say which (`program`). The smoke run in `make test` uses the test build.
+cargo build --profile host-release --locked -p spin-runner --bin spin-runner >&2
+BENCH_RUNNER="${BENCH_RUNNER:-$root/target/host-release/spin-runner}" \
+    exec target/debug/shop-bench "$@"

@@ -7,7 +7,8 @@
 #   - the trace viewer on :4318 (unless OTEL_EXPORTER_OTLP_ENDPOINT names a collector);
 #   - the dev mail API on :8025 (Mailpit, Resend, Postmark and SendGrid APIs, an inbox);
 #   - the app: real `spin up --experimental-wasi-otel` when `spin` is on PATH, otherwise
-#     this project's Spin-compatible runner. Spin's Redis trigger ends when Redis goes
+#     this project's Spin-compatible runner in its optimised build (target/host-release,
+#     Cargo.toml's host-release profile). Spin's Redis trigger ends when Redis goes
 #     away and `spin up` exits: the supervisor starts it again once Redis is back;
 #   - redrive every REDRIVE_SECONDS (30), which completes orders whose event was lost
 #     while fulfilment was down and settles orders whose request died.
@@ -15,7 +16,9 @@
 #
 # Settings (environment): LISTEN (127.0.0.1:3000), MAIL_PORT (8025), VIEWER_PORT (4318),
 # REDIS_PORT (6379), ADMIN_TOKEN, REDRIVE_SECONDS (30), STATE_DIR (.spin: Redis data,
-# generated files), SKIP_BUILD=1 to use the binaries already built.
+# generated files), SKIP_BUILD=1 to use the binaries already built (target/debug, and
+# the runner from target/host-release), RUNNER=<path> to run another build of the runner
+# (the tests run their own, target/debug/spin-runner).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -35,6 +38,12 @@ if [ "${SKIP_BUILD:-}" != 1 ]; then
     say "building the supervisor, the dev mail API, the trace viewer and the local runner"
     # The same selection as `make test`, so Cargo reuses one build of everything.
     cargo build --bins --locked
+    if ! command -v spin >/dev/null 2>&1 && [ -z "${RUNNER:-}" ]; then
+        # The runner the shop runs on is the optimised build (Cargo.toml's
+        # host-release profile): about 10 minutes the first time, then cached.
+        say "building the optimised local runner (target/host-release; about 10 minutes the first time)"
+        cargo build --profile host-release --locked -p spin-runner --bin spin-runner
+    fi
 fi
 
 mkdir -p "$state/redis"
@@ -98,12 +107,12 @@ EOF
 
     # The components are built with tracing (wasi:otel): Spin and the runner both need
     # --experimental-wasi-otel to run them. Both take the same arguments.
-    if command -v spin >/dev/null 2>&1; then
+    if [ -z "${RUNNER:-}" ] && command -v spin >/dev/null 2>&1; then
         say "spin found: the app runs under spin up"
         app="$(command -v spin)"
     else
         say "spin not found: the app runs under the project's runner (crates/runner)"
-        app="$root/target/debug/spin-runner"
+        app="${RUNNER:-$root/target/host-release/spin-runner}"
     fi
     cat <<EOF
 

@@ -56,6 +56,8 @@ fn make_up_runs_the_shop_and_brings_it_back_after_redis_dies() {
             .env("REDRIVE_SECONDS", "2")
             .env("STATE_DIR", &state)
             .env("SKIP_BUILD", "1")
+            // The test build of the runner: `make test` does not build the optimised one.
+            .env("RUNNER", runner_binary())
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT"),
         scratch.path(),
     );
