@@ -18,6 +18,8 @@ cd "$root"
 cargo build --bins --locked >&2
 # Measure the runner `make up` runs (the host-release profile), not the test build; the
 # results say which (`program`). The smoke run in `make test` uses the test build.
-cargo build --profile host-release --locked -p spin-runner --bin spin-runner >&2
-BENCH_RUNNER="${BENCH_RUNNER:-$root/target/host-release/spin-runner}" \
-    exec target/debug/shop-bench "$@"
+if [ -z "${BENCH_RUNNER:-}" ]; then
+    cargo build --profile host-release --locked -p spin-runner --bin spin-runner >&2
+    export BENCH_RUNNER="$root/target/host-release/spin-runner"
+fi
+exec target/debug/shop-bench "$@"

@@ -34,13 +34,25 @@ redrive_seconds="${REDRIVE_SECONDS:-30}"
 
 say() { printf '==> %s\n' "$*" >&2; }
 
+# What runs the app, decided once: RUNNER when given, else real Spin when on PATH, else
+# the runner's optimised build (Cargo.toml's host-release profile).
+optimised_runner="$root/target/host-release/spin-runner"
+if [ -n "${RUNNER:-}" ]; then
+    app="$RUNNER"
+    app_is="the runner at $RUNNER (RUNNER)"
+elif command -v spin >/dev/null 2>&1; then
+    app="$(command -v spin)"
+    app_is="spin up (spin found on PATH)"
+else
+    app="$optimised_runner"
+    app_is="the project's runner, optimised build (spin not found; crates/runner)"
+fi
+
 if [ "${SKIP_BUILD:-}" != 1 ]; then
     say "building the supervisor, the dev mail API, the trace viewer and the local runner"
     # The same selection as `make test`, so Cargo reuses one build of everything.
     cargo build --bins --locked
-    if ! command -v spin >/dev/null 2>&1 && [ -z "${RUNNER:-}" ]; then
-        # The runner the shop runs on is the optimised build (Cargo.toml's
-        # host-release profile): about 10 minutes the first time, then cached.
+    if [ "$app" = "$optimised_runner" ]; then
         say "building the optimised local runner (target/host-release; about 10 minutes the first time)"
         cargo build --profile host-release --locked -p spin-runner --bin spin-runner
     fi
@@ -107,13 +119,7 @@ EOF
 
     # The components are built with tracing (wasi:otel): Spin and the runner both need
     # --experimental-wasi-otel to run them. Both take the same arguments.
-    if [ -z "${RUNNER:-}" ] && command -v spin >/dev/null 2>&1; then
-        say "spin found: the app runs under spin up"
-        app="$(command -v spin)"
-    else
-        say "spin not found: the app runs under the project's runner (crates/runner)"
-        app="${RUNNER:-$root/target/host-release/spin-runner}"
-    fi
+    say "the app runs under $app_is"
     cat <<EOF
 
 [[process]]

@@ -52,11 +52,10 @@ impl Host {
     /// The program measured, relative to the workspace where it is inside it, so that
     /// the results say which build of the runner (debug, host-release) they are of.
     pub fn program_label(&self) -> String {
-        let canonical = |p: PathBuf| std::fs::canonicalize(&p).unwrap_or(p);
-        let program = canonical(self.program());
-        let root = canonical(e2e::workspace_root());
+        let program = self.program();
+        let program = std::fs::canonicalize(&program).unwrap_or(program);
         program
-            .strip_prefix(&root)
+            .strip_prefix(e2e::workspace_root())
             .unwrap_or(&program)
             .display()
             .to_string()

@@ -30,8 +30,11 @@ pub const CHANNEL_BASE: &str = "e2e.orders";
 /// Where every order goes with one shard, the tests' default ([`RunnerOptions`]).
 pub const CHANNEL: &str = "e2e.orders.0";
 
+/// The workspace's root, canonical (no `..`), so that paths under it can be compared
+/// and shown relative to it.
 pub fn workspace_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    std::fs::canonicalize(&root).unwrap_or(root)
 }
 
 /// A binary of this workspace, from `target/debug` (or whatever profile dir the test
