@@ -16,7 +16,7 @@ use crate::capabilities::key_value::{ComponentStores, KeyValue};
 use crate::capabilities::otel::{Exporter, TraceScope};
 use crate::capabilities::outbound_http::client::HttpClient;
 use crate::capabilities::outbound_http::OutboundHttp;
-use crate::capabilities::outbound_redis::{Connections, OutboundRedis};
+use crate::capabilities::outbound_redis::OutboundRedis;
 use crate::capabilities::variables::Variables;
 
 /// What every instance of one component shares.
@@ -26,7 +26,6 @@ pub struct ComponentRuntime {
     pub variables: Arc<HashMap<String, String>>,
     pub stores: Arc<ComponentStores>,
     pub allowed_hosts: AllowedHosts,
-    pub redis: Arc<Connections>,
     /// The app's outbound HTTP connections.
     pub http_client: HttpClient,
     pub exporter: Option<Arc<Exporter>>,
@@ -52,12 +51,7 @@ impl ComponentRuntime {
             ),
             key_value: KeyValue::new(&self.id, self.stores.clone(), trace.clone()),
             variables: Variables::new(&self.id, self.variables.clone()),
-            outbound_redis: OutboundRedis::new(
-                &self.id,
-                self.allowed_hosts.clone(),
-                self.redis.clone(),
-                trace.clone(),
-            ),
+            outbound_redis: OutboundRedis::new(&self.id, self.allowed_hosts.clone(), trace.clone()),
             trace,
         }
     }

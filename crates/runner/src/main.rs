@@ -15,7 +15,6 @@ use spin_runner::app::{AppConfig, Overrides};
 use spin_runner::capabilities::key_value::{Backend, ComponentStores};
 use spin_runner::capabilities::otel::Exporter;
 use spin_runner::capabilities::outbound_http::client::HttpClient;
-use spin_runner::capabilities::outbound_redis::Connections;
 use spin_runner::engine;
 use spin_runner::instance::ComponentRuntime;
 use spin_runner::manifest::KeyValueStoreConfig;
@@ -145,7 +144,6 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
     let engine = engine::engine()?;
     let linker = engine::linker(&engine, args.experimental_wasi_otel)?;
     let cache_dir = app.state_dir.join("cache");
-    let redis_connections = Arc::new(Connections::default());
     let http_client = HttpClient::new(app.connection_pooling);
     let mut runtimes = BTreeMap::new();
     let mut pres = BTreeMap::new();
@@ -163,7 +161,6 @@ async fn up(args: UpArgs, exporter: Option<Arc<Exporter>>) -> Result<()> {
                 variables: Arc::new(c.variables.clone()),
                 stores: Arc::new(ComponentStores(stores)),
                 allowed_hosts: c.allowed_hosts.clone(),
-                redis: redis_connections.clone(),
                 http_client: http_client.clone(),
                 exporter: exporter.clone(),
             }),

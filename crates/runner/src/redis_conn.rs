@@ -1,4 +1,5 @@
-//! Reconnecting Redis connections shared by the key-value backend and outbound Redis.
+//! The key-value backend's reconnecting Redis connection (outbound Redis opens its own per
+//! `open`, as Spin does; see `capabilities::outbound_redis`).
 //!
 //! RESP3 is used so the connection manager hears about a dropped connection (a Redis
 //! restart) at once and reconnects in the background, instead of failing the next

@@ -525,3 +525,48 @@ fn a_cidr_range_allows_any_address_in_it_and_no_host_name() {
     }
     assert_eq!(upstream.requests(), 2);
 }
+
+/// As Spin's outbound Redis: every `open` is a connection of its own, so what a guest
+/// sets on one through `execute` (here `SELECT 1`) reaches neither its other
+/// connections nor the connections of later instances.
+#[test]
+fn every_outbound_redis_open_is_a_connection_of_its_own() {
+    let scratch = Scratch::new("conformance-redis-connections");
+    let redis = Redis::start(&scratch);
+    let manifest = app(
+        &scratch,
+        &[("/...", "guest")],
+        &format!("allowed_outbound_hosts = [\"{}\"]", redis.url()),
+    );
+    let runner = start(&scratch, &manifest);
+    let in_database_1 = |key: &str| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &redis.port.to_string(), "-n", "1", "GET", key])
+            .output()
+            .expect("redis-cli");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    // Two requests, two instances: the second must not inherit the first's database.
+    for key in ["first-request", "second-request"] {
+        let (status, body) = get(
+            &runner,
+            "/",
+            &[
+                ("probe", "redis-connections"),
+                ("url", &redis.url()),
+                ("key", key),
+            ],
+        );
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "second sees nil, same client false"),
+            "{key}"
+        );
+        assert_eq!(
+            redis.command(&["EXISTS", key]).unwrap(),
+            ":0",
+            "{key} in db 0"
+        );
+        assert_eq!(in_database_1(key), "first", "{key} in db 1");
+    }
+}

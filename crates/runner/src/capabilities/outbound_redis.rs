@@ -1,18 +1,20 @@
 //! Spin's outbound Redis (`fermyon:spin/redis@2.0.0`), as Spin's `factor-outbound-redis`:
-//! connections only to addresses in `allowed_outbound_hosts`, one shared reconnecting
-//! connection per address, and a client span per command under the guest's active span.
-
-use std::collections::HashMap;
-use std::sync::Arc;
+//! connections only to addresses in `allowed_outbound_hosts`, a connection of its own
+//! for every `open`, and a client span per command under the guest's active span.
+//!
+//! A connection per `open` is what Spin does, and it is observable: whatever a guest
+//! sets on its connection through `execute` (`SELECT`, `MULTI`, `CLIENT SETNAME`...)
+//! stays on it and reaches no other connection or instance, and a command that fails
+//! because Redis went away is not sent again on another connection. Each order then
+//! costs one connection set-up, as it does on Spin.
 
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue as Attribute;
-use tokio::sync::Mutex;
+use redis::aio::MultiplexedConnection;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use super::allowed_hosts::AllowedHosts;
 use super::otel::{HostSpan, Parent, TraceScope};
-use crate::redis_conn::{retrying, Repeat};
 
 mod bindings {
     wasmtime::component::bindgen!({
@@ -27,57 +29,33 @@ mod bindings {
 
 use bindings::fermyon::spin2_0_0::redis as outbound_redis;
 
-/// The app's outbound Redis connections: one reconnecting manager per address.
-#[derive(Default)]
-pub struct Connections(Mutex<HashMap<String, redis::aio::ConnectionManager>>);
-
-impl Connections {
-    async fn get(&self, address: &str) -> redis::RedisResult<redis::aio::ConnectionManager> {
-        let mut connections = self.0.lock().await;
-        if let Some(c) = connections.get(address) {
-            return Ok(c.clone());
-        }
-        let (_, manager) = crate::redis_conn::manager(address)?;
-        connections.insert(address.to_owned(), manager.clone());
-        Ok(manager)
-    }
-}
-
-/// An opened connection (a handle on the shared one for its address).
+/// An opened connection: its own TCP connection to Redis, closed when the guest drops
+/// it or the instance ends.
 pub struct Connection {
-    manager: redis::aio::ConnectionManager,
+    link: MultiplexedConnection,
 }
 
 /// The outbound Redis state of one instance.
 pub struct OutboundRedis {
     component: String,
     allowed: AllowedHosts,
-    connections: Arc<Connections>,
     table: ResourceTable,
     trace: TraceScope,
 }
 
 impl OutboundRedis {
-    pub fn new(
-        component: &str,
-        allowed: AllowedHosts,
-        connections: Arc<Connections>,
-        trace: TraceScope,
-    ) -> OutboundRedis {
+    pub fn new(component: &str, allowed: AllowedHosts, trace: TraceScope) -> OutboundRedis {
         OutboundRedis {
             component: component.to_owned(),
             allowed,
-            connections,
             table: ResourceTable::new(),
             trace,
         }
     }
 
-    fn connection(
-        &self,
-        conn: &Resource<Connection>,
-    ) -> wasmtime::Result<redis::aio::ConnectionManager> {
-        Ok(self.table.get(conn)?.manager.clone())
+    /// A handle on the connection (a multiplexed connection's handles share its link).
+    fn connection(&self, conn: &Resource<Connection>) -> wasmtime::Result<MultiplexedConnection> {
+        Ok(self.table.get(conn)?.link.clone())
     }
 
     fn span(&self, name: impl Into<std::borrow::Cow<'static, str>>) -> HostSpan {
@@ -89,21 +67,18 @@ impl OutboundRedis {
         )
     }
 
-    /// A command for the connection's shared link, in a span named after the command
-    /// (as Spin names them: `PUBLISH`, `GET`...; `execute`'s after the command it runs).
-    /// Owned, so that no borrow of the instance state (which is not `Sync`) is held
-    /// while it is sent.
+    /// A command for the connection, in a span named after the command (as Spin names
+    /// them: `PUBLISH`, `GET`...; `execute`'s after the command it runs). Owned, so that
+    /// no borrow of the instance state (which is not `Sync`) is held while it is sent.
     fn command(
         &self,
         conn: &Resource<Connection>,
         name: impl Into<std::borrow::Cow<'static, str>>,
-        repeat: Repeat,
         cmd: redis::Cmd,
     ) -> wasmtime::Result<Command> {
         Ok(Command {
             span: self.span(name),
-            manager: self.connection(conn)?,
-            repeat,
+            link: self.connection(conn)?,
             cmd,
         })
     }
@@ -111,25 +86,19 @@ impl OutboundRedis {
 
 struct Command {
     span: HostSpan,
-    manager: redis::aio::ConnectionManager,
-    repeat: Repeat,
+    link: MultiplexedConnection,
     cmd: redis::Cmd,
 }
 
-/// Sends `command` on its reconnecting link (see [`retrying`]).
+/// Sends `command` once, on its connection: as on Spin, a failure is the guest's to
+/// handle (the connection does not come back; the guest may open another).
 async fn send<T: redis::FromRedisValue>(command: Command) -> Result<T, outbound_redis::Error> {
     let Command {
         mut span,
-        manager,
-        repeat,
+        mut link,
         cmd,
     } = command;
-    let result = retrying(repeat, || {
-        let mut manager = manager.clone();
-        let cmd = cmd.clone();
-        async move { cmd.query_async(&mut manager).await }
-    })
-    .await;
+    let result = cmd.query_async(&mut link).await;
     if let Err(e) = &result {
         span.fail(e.to_string());
     }
@@ -170,11 +139,21 @@ impl outbound_redis::HostConnection for OutboundRedis {
             span.fail(format!("{shown} is not in allowed_outbound_hosts"));
             return Ok(Err(outbound_redis::Error::InvalidAddress));
         }
-        match self.connections.get(&address).await {
-            Ok(manager) => Ok(Ok(self.table.push(Connection { manager })?)),
+        // As Spin: an address the client cannot parse is `invalid-address`; one it
+        // cannot connect to is `other`, with the reason.
+        let client = match redis::Client::open(address.as_str()) {
+            Ok(client) => client,
             Err(e) => {
                 span.fail(e.to_string());
-                Ok(Err(outbound_redis::Error::InvalidAddress))
+                return Ok(Err(outbound_redis::Error::InvalidAddress));
+            }
+        };
+        match client.get_multiplexed_async_connection().await {
+            Ok(link) => Ok(Ok(self.table.push(Connection { link })?)),
+            Err(e) => {
+                span.fail(e.to_string());
+                tracing::debug!(component = %self.component, address = shown, "outbound Redis connection failed: {e}");
+                Ok(Err(outbound_redis::Error::Other(e.to_string())))
             }
         }
     }
@@ -187,9 +166,8 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<(), outbound_redis::Error>> {
         let mut cmd = redis::cmd("PUBLISH");
         cmd.arg(&channel).arg(payload);
-        let result = Ok::<_, wasmtime::Error>(
-            send::<i64>(self.command(&conn, "PUBLISH", Repeat::Once, cmd)?).await,
-        )?;
+        let result =
+            Ok::<_, wasmtime::Error>(send::<i64>(self.command(&conn, "PUBLISH", cmd)?).await)?;
         tracing::debug!(component = %self.component, channel, ?result, "outbound Redis PUBLISH");
         Ok(result.map(drop))
     }
@@ -201,7 +179,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<Option<Vec<u8>>, outbound_redis::Error>> {
         let mut cmd = redis::cmd("GET");
         cmd.arg(key);
-        Ok(send(self.command(&conn, "GET", Repeat::Idempotent, cmd)?).await)
+        Ok(send(self.command(&conn, "GET", cmd)?).await)
     }
 
     async fn set(
@@ -212,7 +190,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<(), outbound_redis::Error>> {
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value);
-        Ok(send(self.command(&conn, "SET", Repeat::Idempotent, cmd)?).await)
+        Ok(send(self.command(&conn, "SET", cmd)?).await)
     }
 
     async fn incr(
@@ -222,7 +200,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<i64, outbound_redis::Error>> {
         let mut cmd = redis::cmd("INCR");
         cmd.arg(key);
-        Ok(send(self.command(&conn, "INCR", Repeat::Once, cmd)?).await)
+        Ok(send(self.command(&conn, "INCR", cmd)?).await)
     }
 
     async fn del(
@@ -232,7 +210,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
         let mut cmd = redis::cmd("DEL");
         cmd.arg(keys);
-        Ok(send(self.command(&conn, "DEL", Repeat::Once, cmd)?).await)
+        Ok(send(self.command(&conn, "DEL", cmd)?).await)
     }
 
     async fn sadd(
@@ -243,7 +221,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
         let mut cmd = redis::cmd("SADD");
         cmd.arg(key).arg(values);
-        Ok(send(self.command(&conn, "SADD", Repeat::Once, cmd)?).await)
+        Ok(send(self.command(&conn, "SADD", cmd)?).await)
     }
 
     async fn smembers(
@@ -253,7 +231,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<Vec<String>, outbound_redis::Error>> {
         let mut cmd = redis::cmd("SMEMBERS");
         cmd.arg(key);
-        Ok(send(self.command(&conn, "SMEMBERS", Repeat::Idempotent, cmd)?).await)
+        Ok(send(self.command(&conn, "SMEMBERS", cmd)?).await)
     }
 
     async fn srem(
@@ -264,7 +242,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
     ) -> wasmtime::Result<Result<u32, outbound_redis::Error>> {
         let mut cmd = redis::cmd("SREM");
         cmd.arg(key).arg(values);
-        Ok(send(self.command(&conn, "SREM", Repeat::Once, cmd)?).await)
+        Ok(send(self.command(&conn, "SREM", cmd)?).await)
     }
 
     async fn execute(
@@ -282,7 +260,7 @@ impl outbound_redis::HostConnection for OutboundRedis {
             };
         }
         let reply = Ok::<_, wasmtime::Error>(
-            send::<redis::Value>(self.command(&conn, span_name, Repeat::Once, cmd)?).await,
+            send::<redis::Value>(self.command(&conn, span_name, cmd)?).await,
         )?;
         Ok(reply.map(|value| {
             let mut results = Vec::new();

@@ -10,6 +10,11 @@
 //!   get round trip) or the error's name;
 //! - `outbound`: GETs the `url` header with outbound `wasi:http` and answers
 //!   `status <code>: <body>` or `error: <ErrorCode>`;
+//! - `redis-connections`: opens outbound Redis at the `url` header twice; on the first
+//!   connection `SELECT 1`, then `SET` of the `key` header; on the second, `GET` of it
+//!   and `CLIENT ID` on both: answers `second sees <value or nil>, same client <bool>`.
+//!   On Spin every `open` is a connection of its own, so it is always
+//!   `second sees nil, same client false`, and the key is in database 1;
 //! - `instance`: answers `requests before <n>, dirty bytes <m>` (what earlier requests
 //!   left in this instance's globals and in a 1 MiB static buffer), then dirties both and
 //!   1 MiB of heap: on a fresh instance, as Spin gives every request, it is always
@@ -41,6 +46,10 @@ async fn handle(request: IncomingRequest) -> Response {
         Some("kv-spin") => open_spin_store(&header("label").unwrap_or_default()),
         Some("kv-wasi") => open_wasi_bucket(&header("label").unwrap_or_default()),
         Some("outbound") => outbound_get(header("url").unwrap_or_default()).await,
+        Some("redis-connections") => redis_connections(
+            &header("url").unwrap_or_default(),
+            &header("key").unwrap_or_default(),
+        ),
         Some("instance") => what_earlier_requests_left(),
         Some(other) => return text(400, format!("unknown probe {other:?}")),
     };
@@ -106,6 +115,39 @@ fn open_wasi_bucket(label: &str) -> String {
         Err(wasi_store::Error::NoSuchStore) => "no-such-store".to_owned(),
         Err(other) => format!("{other:?}"),
     }
+}
+
+fn redis_connections(url: &str, key: &str) -> String {
+    use spin_sdk::redis::{Connection, RedisParameter, RedisResult};
+    let run = || -> Result<String, String> {
+        let open = || Connection::open(url).map_err(|e| format!("open: {e}"));
+        let client_id = |connection: &Connection| {
+            connection
+                .execute("CLIENT", &[RedisParameter::Binary(b"ID".to_vec())])
+                .map_err(|e| format!("CLIENT ID: {e}"))
+        };
+        let first = open()?;
+        first
+            .execute("SELECT", &[RedisParameter::Int64(1)])
+            .map_err(|e| format!("SELECT: {e}"))?;
+        first
+            .set(key, b"first".as_ref())
+            .map_err(|e| format!("SET: {e}"))?;
+        let second = open()?;
+        let seen = match second.get(key).map_err(|e| format!("GET: {e}"))? {
+            Some(value) => String::from_utf8_lossy(&value).into_owned(),
+            None => "nil".to_owned(),
+        };
+        let same = match (
+            client_id(&first)?.as_slice(),
+            client_id(&second)?.as_slice(),
+        ) {
+            ([RedisResult::Int64(a)], [RedisResult::Int64(b)]) => a == b,
+            other => return Err(format!("CLIENT ID answered {other:?}")),
+        };
+        Ok(format!("second sees {seen}, same client {same}"))
+    };
+    run().unwrap_or_else(|e| format!("error: {e}"))
 }
 
 fn round_trip(
