@@ -419,27 +419,32 @@ fn a_granted_store_label_no_store_defines_stops_the_app_at_startup() {
         ),
     )
     .unwrap();
+    let runner = start_with_config(&scratch, &manifest, &config);
+    for interface in ["kv-spin", "kv-wasi"] {
+        assert_eq!(open_store(&runner, "/", interface, "cache"), "ok");
+    }
+}
+
+/// The runner on `manifest` with `--runtime-config-file config`, once it listens.
+fn start_with_config(scratch: &Scratch, manifest: &Path, config: &Path) -> Runner {
     let port = free_port();
     let mut command = Command::new(runner_binary());
     command
         .args(["up", "--from"])
-        .arg(&manifest)
+        .arg(manifest)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--runtime-config-file")
-        .arg(&config);
-    let process = Process::spawn("runner-kv-cache", &mut command, scratch.path());
+        .arg(config);
     let runner = Runner {
         base_url: format!("http://127.0.0.1:{port}"),
-        process,
+        process: Process::spawn("runner-with-config", &mut command, scratch.path()),
     };
     wait_for(
         "the runner to listen",
         std::time::Duration::from_secs(60),
         || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
     );
-    for interface in ["kv-spin", "kv-wasi"] {
-        assert_eq!(open_store(&runner, "/", interface, "cache"), "ok");
-    }
+    runner
 }
 
 /// A plain HTTP server on `127.0.0.1:<port>` and `127.0.0.2:<port>` answering
@@ -568,5 +573,49 @@ fn every_outbound_redis_open_is_a_connection_of_its_own() {
             "{key} in db 0"
         );
         assert_eq!(in_database_1(key), "first", "{key} in db 1");
+    }
+}
+
+/// As Spin's Redis key-value backend: every `open` of the store, through either
+/// interface, sends Redis a `PING` before the guest gets the store, so an order costs
+/// that round trip on Spin and here alike.
+#[test]
+fn opening_a_redis_store_pings_it_through_both_interfaces() {
+    let scratch = Scratch::new("conformance-kv-redis-open");
+    let redis = Redis::start(&scratch);
+    let manifest = app(&scratch, &[("/...", "guest")], "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[component.guest]\n",
+        "[component.guest]\nkey_value_stores = [\"default\"]\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let config = scratch.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let runner = start_with_config(&scratch, &manifest, &config);
+    let calls = |command: &str| -> u64 {
+        let stats = redis.command(&["INFO", "commandstats"]).unwrap();
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |calls| calls.parse().unwrap())
+    };
+    for interface in ["kv-spin", "kv-wasi"] {
+        assert_eq!(redis.command(&["CONFIG", "RESETSTAT"]).unwrap(), "+OK");
+        // The probe opens the store, then sets a key and reads it back.
+        assert_eq!(open_store(&runner, "/", interface, "default"), "ok");
+        assert_eq!(
+            (calls("ping"), calls("set"), calls("get")),
+            (1, 1, 1),
+            "{interface}"
+        );
     }
 }

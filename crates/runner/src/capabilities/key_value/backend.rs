@@ -89,6 +89,16 @@ impl Backend {
         }
     }
 
+    /// What Spin's backend does on every `open` of the store, before answering it
+    /// (`Store::after_open` in Spin's `factor-key-value`): Redis is sent a `PING`, whose
+    /// failure is ignored (the connection reconnects by itself); SQLite, nothing. On
+    /// Spin that is one more round trip for every `open`, so it is here too.
+    pub async fn after_open(&self) {
+        if let Backend::Redis(r) = self {
+            r.ping().await;
+        }
+    }
+
     /// Atomically adds `delta` to the counter at `key` (absent = 0).
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
         match self {

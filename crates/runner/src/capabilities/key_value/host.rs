@@ -36,15 +36,15 @@ impl KeyValue {
     }
 
     /// As Spin: a label missing from the component's `key_value_stores` is denied,
-    /// whether or not the app has such a store.
-    fn open_store(&mut self, label: &str) -> Result<Resource<OpenStore>, OpenError> {
-        let Some(backend) = self.stores.0.get(label) else {
+    /// whether or not the app has such a store; a granted one is opened with its
+    /// backend's `after_open` (a Redis store's `PING`).
+    async fn open_store(&mut self, label: &str) -> Result<Resource<OpenStore>, OpenError> {
+        let Some(backend) = self.stores.0.get(label).cloned() else {
             tracing::warn!(component = %self.component, label, "key-value store open denied: not in the component's key_value_stores");
             return Err(OpenError::AccessDenied);
         };
-        let store = OpenStore {
-            backend: backend.clone(),
-        };
+        backend.after_open().await;
+        let store = OpenStore { backend };
         self.table
             .push(store)
             .map_err(|e| OpenError::Other(e.to_string()))
@@ -76,7 +76,8 @@ impl key_value::HostStore for KeyValue {
         if let Some(backend) = self.stores.0.get(&label) {
             span.set_attribute(Attribute::new("kv.backend", backend.describe()));
         }
-        Ok(self.open_store(&label).map_err(|e| {
+        let opened = self.open_store(&label).await;
+        Ok(opened.map_err(|e| {
             let error = match e {
                 OpenError::AccessDenied => key_value::Error::AccessDenied,
                 OpenError::Other(e) => key_value::Error::Other(e),
@@ -150,7 +151,8 @@ impl wasi_store::Host for KeyValue {
         identifier: String,
     ) -> wasmtime::Result<Result<Resource<OpenStore>, wasi_store::Error>> {
         let mut span = self.span("wasi_key_value.open", Parent::Outer);
-        Ok(self.open_store(&identifier).map_err(|e| {
+        let opened = self.open_store(&identifier).await;
+        Ok(opened.map_err(|e| {
             let error = match e {
                 OpenError::AccessDenied => wasi_store::Error::AccessDenied,
                 OpenError::Other(e) => wasi_store::Error::Other(e),

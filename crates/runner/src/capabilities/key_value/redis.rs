@@ -31,6 +31,16 @@ impl RedisStore {
             .map_err(|e| format!("redis: {e}"))
     }
 
+    /// A `PING`, sent once, its answer ignored (see [`super::Backend::after_open`]).
+    pub async fn ping(&self) {
+        if let Err(e) = redis::cmd("PING")
+            .query_async::<()>(&mut self.manager.clone())
+            .await
+        {
+            tracing::debug!("redis key-value PING on open: {e}");
+        }
+    }
+
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
         self.run(Idempotent, |mut c| async move { c.get(key).await })
             .await
