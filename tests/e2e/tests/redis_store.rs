@@ -44,7 +44,11 @@ fn fulfilment_reaching_redis(scratch: &Scratch) -> std::path::PathBuf {
                 .display()
                 .to_string(),
         );
-    let path = scratch.path().join("spin-redis-store.toml");
+    // A file per runner: rewriting one shared file while an earlier runner is still
+    // reading it at startup would hand that runner an empty manifest.
+    static WRITTEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = WRITTEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = scratch.path().join(format!("spin-redis-store-{n}.toml"));
     std::fs::write(&path, manifest).unwrap();
     path
 }
