@@ -75,7 +75,7 @@ pub async fn read_body(
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| {
             // The host's error is for the log, not the client.
-            eprintln!("checkout: reading a request body failed: {e:?}");
+            shop_adapters::log_line!("checkout: reading a request body failed: {e:?}");
             problem_response(&Problem::new(
                 400,
                 "unreadable-body",
@@ -101,7 +101,7 @@ pub fn json_response(status: u16, body: &serde_json::Value) -> Response {
 
 pub fn problem_response(problem: &Problem) -> Response {
     if let Some(cause) = &problem.cause {
-        eprintln!("checkout: {} {}: {cause}", problem.status, problem.title);
+        shop_adapters::log_line!("checkout: {} {}: {cause}", problem.status, problem.title);
     }
     let mut builder = Response::builder();
     builder

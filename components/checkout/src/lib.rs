@@ -11,6 +11,9 @@
 //! Business rules live in `shop-domain`; this file only translates HTTP, key-value and
 //! Redis into calls on it. Errors are RFC 9457 problem details naming the field at fault.
 
+// Log lines go through `shop_adapters::log_line!`: one write each, whole on Spin.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 mod http_io;
 mod orders;
 
@@ -101,9 +104,10 @@ async fn handle(request: IncomingRequest) -> Response {
     if let Some(traceparent) = telemetry::traceparent(span.span_context()) {
         response.set_header("traceparent", traceparent);
     }
-    eprintln!(
+    shop_adapters::log_line!(
         "checkout: {} {} -> {status}",
-        incoming.method, incoming.path
+        incoming.method,
+        incoming.path
     );
     response
 }

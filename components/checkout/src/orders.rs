@@ -256,14 +256,15 @@ impl Publisher for RedisPublisher {
             Ok(receivers) => {
                 cx.span()
                     .set_attribute(Attribute::new("shop.messaging.receivers", *receivers));
-                eprintln!(
+                shop_adapters::log_line!(
                     "checkout: order {} published on {channel} (epoch {})",
-                    event.order_id, event.epoch
+                    event.order_id,
+                    event.epoch
                 )
             }
             Err(e) => {
                 telemetry::fail(&cx, e.clone());
-                eprintln!(
+                shop_adapters::log_line!(
                     "checkout: order {} NOT published ({e}); redrive will republish it",
                     event.order_id
                 );
@@ -394,7 +395,7 @@ pub fn redrive(incoming: &Incoming) -> Response {
             .republished
             .iter()
             .map(|(order_id, epoch, error)| {
-                eprintln!("checkout: redrive {order_id} epoch {epoch}: {error:?}");
+                shop_adapters::log_line!("checkout: redrive {order_id} epoch {epoch}: {error:?}");
                 json!({
                     "order_id": order_id,
                     "epoch": epoch,
@@ -404,7 +405,7 @@ pub fn redrive(incoming: &Incoming) -> Response {
             })
             .collect();
         for id in &report.abandoned {
-            eprintln!("checkout: redrive gave up {id}, whose request died before recording it; its stock is back");
+            shop_adapters::log_line!("checkout: redrive gave up {id}, whose request died before recording it; its stock is back");
         }
         Ok(json_response(
             200,
@@ -467,7 +468,7 @@ pub async fn adjust_stock(incoming: &Incoming, request: IncomingRequest, sku: &s
         let kv = open_store()?;
         match stock::adjust(&kv, product, change) {
             Ok(level) => {
-                eprintln!("checkout: stock of {} {change:?}: {level}", product.sku);
+                shop_adapters::log_line!("checkout: stock of {} {change:?}: {level}", product.sku);
                 Ok(json_response(
                     200,
                     &json!({ "sku": product.sku, "available": level }),

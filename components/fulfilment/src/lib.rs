@@ -16,6 +16,9 @@
 //! The handler returns an error only when the key-value store fails; Spin merely logs it
 //! (there is no redelivery), and `POST /api/admin/redrive` picks the order up later.
 
+// Log lines go through `shop_adapters::log_line!`: one write each, whole on Spin.
+#![deny(clippy::print_stderr, clippy::print_stdout)]
+
 mod mailer;
 
 use bytes::Bytes;
@@ -127,7 +130,7 @@ async fn take_on_waiting(
     };
     if let Some(e) = &claimed.stopped_by {
         // Those behind the ones claimed wait for their own events, or redrive.
-        eprintln!("fulfilment: looking for waiting orders: {e}");
+        shop_adapters::log_line!("fulfilment: looking for waiting orders: {e}");
     }
     let waiting = claimed.claimed;
     if waiting.is_empty() {
@@ -170,16 +173,18 @@ fn report(cx: &Context, result: &Result<Outcome, shop_domain::store::StoreError>
     let span = cx.span();
     match result {
         Ok(Outcome::NoOp { reason }) => {
-            eprintln!("fulfilment: {reason}");
+            shop_adapters::log_line!("fulfilment: {reason}");
             span.update_name(format!("{SPAN_NAME} (no-op)"));
             span.set_attribute(Attribute::new("shop.noop", true));
             span.set_attribute(Attribute::new("shop.noop.reason", reason.clone()));
         }
         Ok(outcome) => {
             if let Outcome::Handled { order } = outcome {
-                eprintln!(
+                shop_adapters::log_line!(
                     "fulfilment: {} -> {:?}, email {:?}",
-                    order.id, order.status, order.notification
+                    order.id,
+                    order.status,
+                    order.notification
                 );
                 span.set_attribute(Attribute::new(
                     "shop.order.item_count",
@@ -187,7 +192,7 @@ fn report(cx: &Context, result: &Result<Outcome, shop_domain::store::StoreError>
                 ));
             }
             if let Some(failure) = outcome.failure() {
-                eprintln!("fulfilment: {failure}");
+                shop_adapters::log_line!("fulfilment: {failure}");
                 telemetry::fail(cx, failure);
             }
         }
@@ -200,7 +205,7 @@ fn settings() -> Settings {
     let shards = variable("order_shards")
         .and_then(|s| event::parse_shards(&s))
         .unwrap_or_else(|e| {
-            eprintln!("fulfilment: {e}; taking 1");
+            shop_adapters::log_line!("fulfilment: {e}; taking 1");
             1
         });
     let batch = variable("fulfilment_batch")
