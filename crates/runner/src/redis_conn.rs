@@ -1,28 +1,22 @@
-//! The key-value backend's reconnecting Redis connection (outbound Redis opens its own per
-//! `open`, as Spin does; see `capabilities::outbound_redis`).
+//! The key-value backend's Redis connection (outbound Redis opens its own per `open`, as
+//! Spin does; see `capabilities::outbound_redis`).
 //!
-//! RESP3 is used so the connection manager hears about a dropped connection (a Redis
-//! restart) at once and reconnects in the background, instead of failing the next
-//! command with a stale socket. A command that certainly never reached Redis
-//! (connection refused) is retried once; one that may have reached it is retried only
-//! when repeating it is harmless.
+//! As Spin's Redis key-value backend (`crates/key-value-redis`): one `ConnectionManager`
+//! shared by every instance, the URL's protocol as given (RESP2 unless it says
+//! otherwise), each command sent once. When Redis has dropped the connection, the next
+//! command fails and the manager reconnects in the background; the `PING` Spin sends on
+//! every `open` of the store (`Backend::after_open`) is what usually meets that failure.
+//! Observed on Spin 4.1.0-pre0: a `get` after Redis closed the idle connection answered
+//! `other("broken pipe")`, and the next request's calls worked.
 
-use std::future::Future;
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{IntoConnectionInfo, ProtocolVersion, RedisResult};
+use redis::RedisResult;
 
-/// A lazily connecting, self-healing connection to the Redis at `url`.
+/// A lazily connecting connection to the Redis at `url` that reconnects after a failure.
 pub fn manager(url: &str) -> RedisResult<(redis::Client, ConnectionManager)> {
-    let info = url.into_connection_info()?;
-    let settings = info.redis_settings().clone();
-    let info = if url.contains("protocol=") {
-        info
-    } else {
-        info.set_redis_settings(settings.set_protocol(ProtocolVersion::RESP3))
-    };
-    let client = redis::Client::open(info)?;
+    let client = redis::Client::open(url)?;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(3)
         .set_max_delay(Duration::from_millis(500))
@@ -30,33 +24,6 @@ pub fn manager(url: &str) -> RedisResult<(redis::Client, ConnectionManager)> {
         .set_response_timeout(Some(Duration::from_secs(10)));
     let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
     Ok((client, manager))
-}
-
-/// Whether a command is safe to send twice.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Repeat {
-    /// GET, SET, DEL, EXISTS, KEYS, INCRBY 0...: the same outcome if sent twice.
-    Idempotent,
-    /// PUBLISH, INCRBY n, a CAS script...: retried only if it certainly was not sent.
-    Once,
-}
-
-/// Runs `command`, once more if the connection failed in a way that makes that safe.
-pub async fn retrying<T, F, Fut>(repeat: Repeat, mut command: F) -> RedisResult<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = RedisResult<T>>,
-{
-    match command().await {
-        Err(e)
-            if e.is_connection_refusal()
-                || (repeat == Repeat::Idempotent && e.is_connection_dropped()) =>
-        {
-            tracing::debug!("redis: {e}; retrying once on a new connection");
-            command().await
-        }
-        result => result,
-    }
 }
 
 /// A Redis URL without its password, for logs and messages.

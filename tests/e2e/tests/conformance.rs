@@ -619,3 +619,45 @@ fn opening_a_redis_store_pings_it_through_both_interfaces() {
         );
     }
 }
+
+/// As Spin's Redis key-value backend (one shared `ConnectionManager`, each command sent
+/// once): when Redis drops the store's connection between two calls of an instance (here
+/// its idle `timeout` closes it), the next call fails; the one after, like the next
+/// request's `open` and its `PING`, finds the connection re-established. Checked on
+/// Spin 4.1.0-pre0 with this probe.
+#[test]
+fn a_store_command_on_a_connection_redis_dropped_fails_once_then_the_store_recovers() {
+    let scratch = Scratch::new("conformance-kv-redis-drop");
+    let redis = Redis::start(&scratch);
+    let manifest = app(&scratch, &[("/...", "guest")], "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[component.guest]\n",
+        "[component.guest]\nkey_value_stores = [\"default\"]\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let config = scratch.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    let runner = start_with_config(&scratch, &manifest, &config);
+    let idle = |ms: &str| {
+        let (status, body) = get(&runner, "/", &[("probe", "kv-idle"), ("ms", ms)]);
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    assert_eq!(idle("0"), "ok");
+    // Redis closes connections idle for a second.
+    assert_eq!(
+        redis.command(&["CONFIG", "SET", "timeout", "1"]).unwrap(),
+        "+OK"
+    );
+    let dropped = idle("2500");
+    assert!(dropped.starts_with("error: get:"), "{dropped}");
+    assert_eq!(idle("0"), "ok");
+}

@@ -15,6 +15,10 @@
 //!   and `CLIENT ID` on both: answers `second sees <value or nil>, same client <bool>`.
 //!   On Spin every `open` is a connection of its own, so it is always
 //!   `second sees nil, same client false`, and the key is in database 1;
+//! - `kv-idle`: opens the store `default` through `fermyon:spin/key-value`, sets a key,
+//!   waits the `ms` header's milliseconds, then reads the key back: answers `ok` or
+//!   `error: <what the get returned>` (how a host's store behaves when Redis drops the
+//!   connection between two calls of one instance);
 //! - `instance`: answers `requests before <n>, dirty bytes <m>` (what earlier requests
 //!   left in this instance's globals and in a 1 MiB static buffer), then dirties both and
 //!   1 MiB of heap: on a fresh instance, as Spin gives every request, it is always
@@ -50,6 +54,7 @@ async fn handle(request: IncomingRequest) -> Response {
             &header("url").unwrap_or_default(),
             &header("key").unwrap_or_default(),
         ),
+        Some("kv-idle") => set_wait_get(header("ms").and_then(|ms| ms.parse().ok()).unwrap_or(0)),
         Some("instance") => what_earlier_requests_left(),
         Some(other) => return text(400, format!("unknown probe {other:?}")),
     };
@@ -114,6 +119,22 @@ fn open_wasi_bucket(label: &str) -> String {
         Err(wasi_store::Error::AccessDenied) => "access-denied".to_owned(),
         Err(wasi_store::Error::NoSuchStore) => "no-such-store".to_owned(),
         Err(other) => format!("{other:?}"),
+    }
+}
+
+fn set_wait_get(ms: u64) -> String {
+    let store = match Store::open("default") {
+        Ok(store) => store,
+        Err(e) => return format!("error: open: {e:?}"),
+    };
+    if let Err(e) = store.set("idle", b"value") {
+        return format!("error: set: {e:?}");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(ms));
+    match store.get("idle") {
+        Ok(Some(value)) if value == b"value" => "ok".to_owned(),
+        Ok(other) => format!("error: get answered {other:?}"),
+        Err(e) => format!("error: get: {e:?}"),
     }
 }
 

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use redis::AsyncCommands;
 
 use super::backend::KvError;
-use crate::redis_conn::{redact, retrying, Repeat, Repeat::Idempotent};
+use crate::redis_conn::redact;
 
 #[derive(Clone)]
 pub struct RedisStore {
@@ -20,13 +20,13 @@ impl RedisStore {
         Ok(RedisStore { client, manager })
     }
 
-    /// Runs one command on the shared connection (see [`crate::redis_conn::retrying`]).
-    async fn run<'a, T, F, Fut>(&self, repeat: Repeat, command: F) -> Result<T, KvError>
+    /// Runs one command on the shared connection, once (see [`crate::redis_conn`]).
+    async fn run<'a, T, F, Fut>(&self, command: F) -> Result<T, KvError>
     where
-        F: Fn(redis::aio::ConnectionManager) -> Fut,
+        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>> + 'a,
     {
-        retrying(repeat, || command(self.manager.clone()))
+        command(self.manager.clone())
             .await
             .map_err(|e| format!("redis: {e}"))
     }
@@ -42,32 +42,26 @@ impl RedisStore {
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
-        self.run(Idempotent, |mut c| async move { c.get(key).await })
-            .await
+        self.run(|mut c| async move { c.get(key).await }).await
     }
 
     pub async fn set(&self, key: &str, value: &[u8]) -> Result<(), KvError> {
-        self.run(Idempotent, |mut c| async move { c.set(key, value).await })
+        self.run(|mut c| async move { c.set(key, value).await })
             .await
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), KvError> {
-        self.run(
-            Idempotent,
-            |mut c| async move { c.del::<_, i64>(key).await },
-        )
-        .await
-        .map(drop)
+        self.run(|mut c| async move { c.del::<_, i64>(key).await })
+            .await
+            .map(drop)
     }
 
     pub async fn exists(&self, key: &str) -> Result<bool, KvError> {
-        self.run(Idempotent, |mut c| async move { c.exists(key).await })
-            .await
+        self.run(|mut c| async move { c.exists(key).await }).await
     }
 
     pub async fn keys(&self) -> Result<Vec<String>, KvError> {
-        self.run(Idempotent, |mut c| async move { c.keys("*").await })
-            .await
+        self.run(|mut c| async move { c.keys("*").await }).await
     }
 
     /// The very call Spin's Redis backend makes for `get-many` (Spin 3.1 to 4.0.2, read
@@ -83,7 +77,7 @@ impl RedisStore {
         let keys = &keys;
         // Spin's redis client accepts a list for `keys`; this one wants a single pattern,
         // so the same command is spelled out.
-        self.run(Idempotent, |mut c| async move {
+        self.run(|mut c| async move {
             redis::cmd("KEYS")
                 .arg(keys)
                 .query_async::<Vec<(String, Option<Vec<u8>>)>>(&mut c)
@@ -95,28 +89,21 @@ impl RedisStore {
     /// `MSET`, as Spin sends it: one round trip, all keys set at once.
     pub async fn set_many(&self, key_values: Vec<(String, Vec<u8>)>) -> Result<(), KvError> {
         let key_values = &key_values;
-        self.run(Idempotent, |mut c| async move {
-            c.mset::<_, _, ()>(key_values).await
-        })
-        .await
+        self.run(|mut c| async move { c.mset::<_, _, ()>(key_values).await })
+            .await
     }
 
     /// `DEL <key>...`, as Spin sends it.
     pub async fn delete_many(&self, keys: Vec<String>) -> Result<(), KvError> {
         let keys = &keys;
-        self.run(
-            Idempotent,
-            |mut c| async move { c.del::<_, i64>(keys).await },
-        )
-        .await
-        .map(drop)
+        self.run(|mut c| async move { c.del::<_, i64>(keys).await })
+            .await
+            .map(drop)
     }
 
-    /// INCRBY. Reading (delta 0) may be repeated after a dropped connection; changing
-    /// the counter may not.
+    /// INCRBY, as Spin's backend sends it (the shop reads a counter with delta 0).
     pub async fn increment(&self, key: &str, delta: i64) -> Result<i64, KvError> {
-        let repeat = if delta == 0 { Idempotent } else { Repeat::Once };
-        self.run(repeat, |mut c| async move { c.incr(key, delta).await })
+        self.run(|mut c| async move { c.incr(key, delta).await })
             .await
     }
 
@@ -137,7 +124,7 @@ impl RedisStore {
         );
         let script = &script;
         let swapped: i64 = self
-            .run(Repeat::Once, |mut c| async move {
+            .run(|mut c| async move {
                 script
                     .key(key)
                     .arg(if expected.is_some() { "1" } else { "0" })
