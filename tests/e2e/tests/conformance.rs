@@ -447,6 +447,28 @@ fn start_with_config(scratch: &Scratch, manifest: &Path, config: &Path) -> Runne
     runner
 }
 
+/// The guest on every route, granted the store `default`, which the runtime config
+/// maps to `redis`.
+fn guest_on_a_redis_store(scratch: &Scratch, redis: &Redis) -> Runner {
+    let manifest = app(scratch, &[("/...", "guest")], "");
+    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
+        "[component.guest]\n",
+        "[component.guest]\nkey_value_stores = [\"default\"]\n",
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    let config = scratch.path().join("runtime-config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
+            redis.url()
+        ),
+    )
+    .unwrap();
+    start_with_config(scratch, &manifest, &config)
+}
+
 /// A plain HTTP server on `127.0.0.1:<port>` and `127.0.0.2:<port>` answering
 /// `hello from <address>`, counting the requests it gets.
 struct Upstream {
@@ -583,23 +605,7 @@ fn every_outbound_redis_open_is_a_connection_of_its_own() {
 fn opening_a_redis_store_pings_it_through_both_interfaces() {
     let scratch = Scratch::new("conformance-kv-redis-open");
     let redis = Redis::start(&scratch);
-    let manifest = app(&scratch, &[("/...", "guest")], "");
-    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
-        "[component.guest]\n",
-        "[component.guest]\nkey_value_stores = [\"default\"]\n",
-        1,
-    );
-    std::fs::write(&manifest, text).unwrap();
-    let config = scratch.path().join("runtime-config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let runner = start_with_config(&scratch, &manifest, &config);
+    let runner = guest_on_a_redis_store(&scratch, &redis);
     let calls = |command: &str| -> u64 {
         let stats = redis.command(&["INFO", "commandstats"]).unwrap();
         stats
@@ -629,23 +635,7 @@ fn opening_a_redis_store_pings_it_through_both_interfaces() {
 fn a_store_command_on_a_connection_redis_dropped_fails_once_then_the_store_recovers() {
     let scratch = Scratch::new("conformance-kv-redis-drop");
     let redis = Redis::start(&scratch);
-    let manifest = app(&scratch, &[("/...", "guest")], "");
-    let text = std::fs::read_to_string(&manifest).unwrap().replacen(
-        "[component.guest]\n",
-        "[component.guest]\nkey_value_stores = [\"default\"]\n",
-        1,
-    );
-    std::fs::write(&manifest, text).unwrap();
-    let config = scratch.path().join("runtime-config.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[key_value_store.default]\ntype = \"redis\"\nurl = \"{}\"\n",
-            redis.url()
-        ),
-    )
-    .unwrap();
-    let runner = start_with_config(&scratch, &manifest, &config);
+    let runner = guest_on_a_redis_store(&scratch, &redis);
     let idle = |ms: &str| {
         let (status, body) = get(&runner, "/", &[("probe", "kv-idle"), ("ms", ms)]);
         assert_eq!(status, 200, "{body}");
