@@ -487,7 +487,11 @@ async fn readiness(spec: &ProcessConfig, running: &mut Running) -> Readiness {
 
 async fn probe(check: &ReadyCheck) -> bool {
     match check {
-        ReadyCheck::Tcp(address) => TcpStream::connect(address.as_str()).await.is_ok(),
+        // A connection to itself is not a listener: with nothing on a port in the
+        // ephemeral range, Linux may pick that port as the source (simultaneous open).
+        ReadyCheck::Tcp(address) => TcpStream::connect(address.as_str())
+            .await
+            .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok()),
         ReadyCheck::Http(url) => http_status(url)
             .await
             .is_ok_and(|status| (200..500).contains(&status)),

@@ -43,7 +43,7 @@ impl Browser {
             scratch.path(),
         );
         wait_for("chromedriver to listen", Duration::from_secs(20), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            crate::listening(port).then_some(())
         });
         let profile = scratch.path().join(format!("chromium-profile-{port}"));
         // The machine's network is closed: no background traffic, no first-run pages.

@@ -6,6 +6,7 @@
 //! before running the tests); the components from `target/wasm32-wasip2/release`, as
 //! `spin.toml` names them.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -76,12 +77,36 @@ pub fn refused_at_startup(dir: &Path, manifest: &Path, extra_args: &[&str]) -> S
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, and that no other test in this
+/// process has been given: the tests of one binary run in parallel, and the kernel may
+/// hand the same free port to two of them before either has bound it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    free_listener().local_addr().expect("bound address").port()
+}
+
+/// A listener on a loopback port no other test in this process has been given (see
+/// [`free_port`]), for a server the test runs itself.
+pub fn free_listener() -> TcpListener {
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("free port");
+        let port = listener.local_addr().expect("bound address").port();
+        if given.insert(port) {
+            return listener;
+        }
+    }
+}
+
+/// Whether something listens on the loopback `port`. A connection to itself does not
+/// count: `free_port` hands out ports from the ephemeral range, and while nothing
+/// listens there, Linux may pick that very port as the source of a connect, which then
+/// "succeeds" (TCP simultaneous open) with nobody on the other side.
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|stream| stream.local_addr().ok() != stream.peer_addr().ok())
 }
 
 /// Polls `check` until it returns Some or `timeout` passes.
@@ -504,7 +529,7 @@ impl DevMail {
             _process: process,
         };
         wait_for("devmail to listen", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            listening(port).then_some(())
         });
         mail
     }
@@ -720,12 +745,17 @@ impl Runner {
         Self::spawn(scratch, command, port, true)
     }
 
-    /// Starts the runner; with an HTTP trigger, waits until it accepts connections.
-    fn spawn(scratch: &Scratch, mut command: Command, port: u16, serves_http: bool) -> Runner {
+    /// Starts the runner with `command` (its arguments included); with an HTTP trigger
+    /// listening on `port`, waits until it serves there.
+    pub fn spawn(scratch: &Scratch, mut command: Command, port: u16, serves_http: bool) -> Runner {
         let mut process = Process::spawn(&format!("runner-{port}"), &mut command, scratch.path());
         if serves_http {
+            // The runner prints this, as `spin up` does, once it has bound the port:
+            // proof that what answers there is this runner, not another process that
+            // got the same free port.
+            let serving = format!("Serving http://127.0.0.1:{port}");
             let deadline = Instant::now() + Duration::from_secs(120);
-            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            while !(process.log().contains(&serving) && listening(port)) {
                 process.assert_running();
                 assert!(
                     Instant::now() < deadline,
@@ -839,7 +869,7 @@ impl TraceViewer {
             scratch.path(),
         );
         wait_for("trace-viewer to listen", Duration::from_secs(20), || {
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            listening(port).then_some(())
         });
         TraceViewer {
             base_url: format!("http://127.0.0.1:{port}"),

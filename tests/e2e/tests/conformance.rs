@@ -435,16 +435,7 @@ fn start_with_config(scratch: &Scratch, manifest: &Path, config: &Path) -> Runne
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--runtime-config-file")
         .arg(config);
-    let runner = Runner {
-        base_url: format!("http://127.0.0.1:{port}"),
-        process: Process::spawn("runner-with-config", &mut command, scratch.path()),
-    };
-    wait_for(
-        "the runner to listen",
-        std::time::Duration::from_secs(60),
-        || std::net::TcpStream::connect(("127.0.0.1", port)).ok(),
-    );
-    runner
+    Runner::spawn(scratch, command, port, true)
 }
 
 /// The guest on every route, granted the store `default`, which the runtime config
@@ -479,7 +470,7 @@ struct Upstream {
 impl Upstream {
     fn start() -> Upstream {
         use std::io::{BufRead, BufReader, Write};
-        let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let first = free_listener();
         let port = first.local_addr().unwrap().port();
         let second = std::net::TcpListener::bind(("127.0.0.2", port)).unwrap();
         let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));

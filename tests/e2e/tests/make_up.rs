@@ -3,7 +3,6 @@
 //! brings Redis and the app back, with every accepted order still there (Redis keeps an
 //! append-only file); Ctrl-C (SIGTERM) stops everything it started.
 
-use std::net::TcpStream;
 use std::process::Command;
 use std::time::Duration;
 
@@ -127,9 +126,6 @@ fn make_up_runs_the_shop_and_brings_it_back_after_redis_dies() {
         .unwrap();
     wait_for("make up to stop", Duration::from_secs(60), || up.exited());
     for port in [http_port, redis_port] {
-        assert!(
-            TcpStream::connect(("127.0.0.1", port)).is_err(),
-            "port {port} still open"
-        );
+        assert!(!listening(port), "port {port} still open");
     }
 }
