@@ -10,7 +10,9 @@
 //!    the highest rate the whole app keeps up with (mail at once), by bisection.
 //! 4. Cost: `POST` latency for 1, 5 and 10 lines; the runner's memory idle and under
 //!    load; time to the first answer with and without the compiled-component cache.
-//! 5. With `spin` on PATH, the same under `spin up`.
+//! 5. With `spin` on PATH, the same under `spin up`; then, every host up at once on one
+//!    Redis, the requests at one connection (where the hosts come closest) in rounds
+//!    that take the hosts in turn, so that the machine's drift hits each alike.
 //!
 //! Prints a table, writes `target/bench/results.json` and `target/bench/latency.svg`.
 //! `--smoke` runs every step for a moment (what `make test` runs, so none can rot).
@@ -54,6 +56,8 @@ pub struct Settings {
     /// one after the other: one pair's ratio moves with the machine (25% and 33% in
     /// two runs of the same code an hour apart), the median of several less.
     pub ratio_pairs: u32,
+    /// Rounds of the head-to-head step (every host in turn, at one connection).
+    pub head_to_head_rounds: u32,
     /// How long to wait after the load for the backlog to drain.
     pub drain_seconds: f64,
     pub redis_benchmark_requests: u32,
@@ -79,6 +83,7 @@ impl Settings {
                 shard_counts: vec![1, 2],
                 orders_per_shard: 60,
                 ratio_pairs: 2,
+                head_to_head_rounds: 1,
                 drain_seconds: 30.0,
                 redis_benchmark_requests: 2_000,
                 smoke,
@@ -96,6 +101,9 @@ impl Settings {
             // One shard takes at most `fulfilment_batch / 150 ms`, 53/s with the default 8.
             orders_per_shard: 60,
             ratio_pairs: number("BENCH_RATIO_PAIRS", 3.0) as u32,
+            // At one connection a single 10 s run moves by a third between runs, more
+            // than the hosts differ: the median of several in turn is the figure.
+            head_to_head_rounds: number("BENCH_HEAD_TO_HEAD_ROUNDS", 3.0) as u32,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
             redis_benchmark_requests: 200_000,
             smoke,
@@ -189,12 +197,24 @@ impl KeepsUp {
     }
 }
 
+/// One request at one connection on one host, in every round of the head-to-head step.
+#[derive(Debug, Serialize)]
+pub struct HeadToHead {
+    pub request: String,
+    pub host: String,
+    /// The status the request answers when all is well.
+    pub ok_status: u16,
+    pub runs: Vec<Figures>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct Results {
     pub machine: report::Machine,
     pub settings: Settings,
     pub redis: Vec<stack::RedisFigures>,
     pub hosts: Vec<HostResults>,
+    /// Empty when only one host was measured (outside the smoke run).
+    pub head_to_head: Vec<HeadToHead>,
 }
 
 fn main() -> Result<()> {
@@ -219,12 +239,18 @@ fn main() -> Result<()> {
         settings: settings.clone(),
         redis: redis_figures,
         hosts: Vec::new(),
+        head_to_head: Vec::new(),
     };
     for host in &hosts {
         eprintln!("bench: measuring {}", host.name());
         results
             .hosts
             .push(measure(host, &scratch, &settings).with_context(|| host.name())?);
+    }
+    // With one host there is nothing to compare; the smoke run still runs the step.
+    if hosts.len() > 1 || settings.smoke {
+        eprintln!("bench: head to head at one connection");
+        results.head_to_head = head_to_head(&hosts, &scratch, &settings)?;
     }
 
     let json = serde_json::to_string_pretty(&results)?;
@@ -391,6 +417,68 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
         memory,
         startup,
     })
+}
+
+/// Every host's empty component and checkout up at once on one Redis; then, in each
+/// round, each request at one connection on every host one after the other, the host
+/// that goes first turning round by round.
+fn head_to_head(
+    hosts: &[Host],
+    scratch: &e2e::Scratch,
+    settings: &Settings,
+) -> Result<Vec<HeadToHead>> {
+    let redis = e2e::Redis::start(scratch);
+    let mail = e2e::DevMail::start(scratch);
+    let mut apps = Vec::new();
+    for host in hosts {
+        let empty = stack::EmptyApp::start(host, scratch)?;
+        let checkout = Shop::start(host, scratch, &redis, &mail, &["checkout"])?;
+        checkout.stock_up()?;
+        apps.push((host.name(), empty, checkout));
+    }
+    let order = stack::order_body(1);
+    let requests = [
+        (report::EMPTY, "GET", None, 200),
+        (report::PRODUCTS, "GET", None, 200),
+        (report::ORDERS, "POST", Some(order.as_str()), 202),
+    ];
+    let mut results: Vec<HeadToHead> = requests
+        .iter()
+        .flat_map(|&(request, _, _, ok_status)| {
+            apps.iter().map(move |(host, _, _)| HeadToHead {
+                request: request.to_owned(),
+                host: host.clone(),
+                ok_status,
+                runs: Vec::new(),
+            })
+        })
+        .collect();
+    for round in 0..settings.head_to_head_rounds as usize {
+        for (r, &(_, method, body, _)) in requests.iter().enumerate() {
+            for turn in 0..apps.len() {
+                let a = (turn + round) % apps.len();
+                let (host, empty, checkout) = &apps[a];
+                let (url, pid) = match r {
+                    0 => (empty.url.clone(), empty.pid()),
+                    1 => (checkout.url("/api/products"), checkout.pid()),
+                    _ => (checkout.url("/api/orders"), checkout.pid()),
+                };
+                let watch = [(host.as_str(), pid), ("redis", redis.pid())];
+                let figures = Load {
+                    url: &url,
+                    method,
+                    body,
+                    connections: 1,
+                    seconds: settings.seconds,
+                    rate: None,
+                    watch: &watch,
+                }
+                .run()?;
+                results[r * apps.len() + a].runs.push(figures);
+            }
+        }
+    }
+    Ok(results)
 }
 
 /// The program `name` as found on PATH.

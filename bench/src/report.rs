@@ -123,9 +123,9 @@ fn steal_summary<'a>(
     line
 }
 
-const EMPTY: &str = "empty component `GET /`";
-const PRODUCTS: &str = "`GET /api/products`";
-const ORDERS: &str = "`POST /api/orders` (checkout alone)";
+pub const EMPTY: &str = "empty component `GET /`";
+pub const PRODUCTS: &str = "`GET /api/products`";
+pub const ORDERS: &str = "`POST /api/orders` (checkout alone)";
 const ORDERS_EXPORTED: &str = "`POST /api/orders`, every span exported";
 
 fn order_lines(lines: usize) -> String {
@@ -251,7 +251,40 @@ pub fn table(results: &Results) -> String {
     for host in &results.hosts {
         host_tables(&mut out, host);
     }
+    head_to_head_table(&mut out, &results.head_to_head);
     out
+}
+
+/// The head-to-head step: per request and host, the medians over its rounds, and the
+/// lowest and highest p50 of those runs, to show how far one run moves.
+fn head_to_head_table(out: &mut String, head_to_head: &[crate::HeadToHead]) {
+    let Some(first) = head_to_head.first() else {
+        return;
+    };
+    let _ = writeln!(
+        out,
+        "
+### Head to head at one connection ({} rounds in turn, every host up at once on one Redis)
+",
+        first.runs.len()
+    );
+    out.push_str("| Request | host | req/s (median) | p50 ms (median; lowest-highest) | p99 ms (median) | errors |\n|---|---|---|---|---|---|\n");
+    for h in head_to_head {
+        let median = |value: fn(&Figures) -> f64| spread(h.runs.iter().map(value));
+        let (Some(rps), Some(p50), Some(p99)) = (
+            median(|f| f.requests_per_second),
+            median(|f| f.p50_ms),
+            median(|f| f.p99_ms),
+        ) else {
+            continue;
+        };
+        let errors: u64 = h.runs.iter().map(|f| f.unexpected(h.ok_status)).sum();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.2} | {errors} |",
+            h.request, h.host, rps.0, p50.0, p50.1, p50.2, p99.0
+        );
+    }
 }
 
 fn host_tables(out: &mut String, host: &HostResults) {
@@ -455,6 +488,66 @@ mod tests {
         );
         assert_eq!(spread([0.20, 0.30].into_iter()), Some((0.25, 0.20, 0.30)));
         assert_eq!(spread(std::iter::empty()), None);
+    }
+
+    fn figures(p50_ms: f64, requests_per_second: f64) -> Figures {
+        Figures {
+            connections: 1,
+            offered_per_second: None,
+            seconds: 10.0,
+            requests: (requests_per_second * 10.0) as u64,
+            requests_per_second,
+            p50_ms,
+            p90_ms: p50_ms * 1.5,
+            p99_ms: p50_ms * 2.0,
+            max_ms: p50_ms * 3.0,
+            statuses: BTreeMap::from([("200".to_owned(), (requests_per_second * 10.0) as u64)]),
+            errors: 0,
+            cpu_percent: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn head_to_head_shows_each_hosts_medians_over_its_rounds_and_the_spread_of_p50() {
+        let host = |host: &str, runs: Vec<Figures>| crate::HeadToHead {
+            request: PRODUCTS.to_owned(),
+            host: host.to_owned(),
+            ok_status: 200,
+            runs,
+        };
+        let rounds = vec![
+            host(
+                "runner",
+                vec![
+                    figures(0.64, 1100.0),
+                    figures(1.44, 700.0),
+                    figures(0.9, 1000.0),
+                ],
+            ),
+            host(
+                "spin",
+                vec![
+                    figures(1.0, 880.0),
+                    figures(1.43, 680.0),
+                    figures(0.96, 900.0),
+                ],
+            ),
+        ];
+        let mut out = String::new();
+        head_to_head_table(&mut out, &rounds);
+        assert!(out.contains("(3 rounds in turn"), "{out}");
+        assert!(
+            out.contains("| `GET /api/products` | runner | 1000 | 0.90 (0.64-1.44) | 1.80 | 0 |"),
+            "{out}"
+        );
+        assert!(
+            out.contains("| `GET /api/products` | spin | 880 | 1.00 (0.96-1.43) | 2.00 | 0 |"),
+            "{out}"
+        );
+
+        let mut nothing = String::new();
+        head_to_head_table(&mut nothing, &[]);
+        assert_eq!(nothing, "");
     }
 
     #[test]

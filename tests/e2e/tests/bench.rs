@@ -178,6 +178,36 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
     assert!(runner["memory"]["idle_mib"].as_f64() > Some(1.0));
     assert!(runner["startup"]["cold_ms"].as_f64() > Some(0.0));
 
+    // Head to head at one connection (here the runner alone, as `spin` is not on PATH):
+    // each request once per round, every answer the expected one.
+    let head_to_head = results["head_to_head"].as_array().unwrap();
+    let requests_compared: Vec<&str> = head_to_head
+        .iter()
+        .map(|h| h["request"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        requests_compared,
+        [
+            "empty component `GET /`",
+            "`GET /api/products`",
+            "`POST /api/orders` (checkout alone)"
+        ]
+    );
+    for h in head_to_head {
+        assert_eq!(h["host"], "runner", "{h}");
+        let runs = h["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "{h}");
+        let run = &runs[0];
+        assert_eq!(run["connections"], 1, "{h}");
+        assert!(requests(run) > 0, "{h}");
+        let ok = h["ok_status"].as_u64().unwrap().to_string();
+        assert_eq!(run["statuses"][&ok].as_u64(), Some(requests(run)), "{h}");
+    }
+    assert!(
+        printed.contains("### Head to head at one connection (1 rounds in turn"),
+        "{printed}"
+    );
+
     let svg = std::fs::read_to_string(out.join("latency.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("POST /api/orders"),
