@@ -6,9 +6,11 @@
 #
 # Settings (environment): BENCH_SECONDS (10) per step, BENCH_KEEP_UP_STEPS (3)
 # bisection steps end to end, BENCH_SLOW_MAIL_RATE (400) the second rate offered with
-# the mail API answering in 150 ms (the first is 120), BENCH_DRAIN_SECONDS (120),
-# BENCH_OUT (target/bench), BENCH_RUNNER (target/host-release/spin-runner) the runner
-# measured. `scripts/bench.sh --smoke` runs every step for a moment.
+# the mail API answering in 150 ms (the first is 120), BENCH_HEAD_TO_HEAD_ROUNDS (2)
+# rounds per placement at one connection taking the hosts in turn (with spin on PATH),
+# BENCH_DRAIN_SECONDS (120), BENCH_OUT (target/bench), BENCH_RUNNER
+# (target/host-release/spin-runner) the runner measured. `scripts/bench.sh --smoke`
+# runs every step for a moment.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

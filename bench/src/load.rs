@@ -23,6 +23,8 @@ pub struct Load<'a> {
     pub rate: Option<u32>,
     /// The processes whose CPU the figures show: what bounds the run.
     pub watch: &'a [(&'a str, u32)],
+    /// The core the load generator is pinned to, if any.
+    pub core: Option<u32>,
 }
 
 /// What one run measured. Latencies in milliseconds.
@@ -66,7 +68,14 @@ impl Figures {
 
 impl Load<'_> {
     pub fn run(&self) -> Result<Figures> {
-        let mut command = Command::new("oha");
+        let mut command = match self.core {
+            Some(core) => {
+                let mut taskset = Command::new("taskset");
+                taskset.args(["-c", &core.to_string(), "oha"]);
+                taskset
+            }
+            None => Command::new("oha"),
+        };
         command
             .args([
                 "--no-tui",

@@ -12,7 +12,8 @@
 //!    load; time to the first answer with and without the compiled-component cache.
 //! 5. With `spin` on PATH, the same under `spin up`; then, every host up at once on one
 //!    Redis, the requests at one connection (where the hosts come closest) in rounds
-//!    that take the hosts in turn, so that the machine's drift hits each alike.
+//!    that take the hosts in turn, with the host and Redis pinned to one core and then
+//!    to two: at one connection, where the scheduler puts them sets the latency.
 //!
 //! Prints a table, writes `target/bench/results.json` and `target/bench/latency.svg`.
 //! `--smoke` runs every step for a moment (what `make test` runs, so none can rot).
@@ -56,7 +57,8 @@ pub struct Settings {
     /// one after the other: one pair's ratio moves with the machine (25% and 33% in
     /// two runs of the same code an hour apart), the median of several less.
     pub ratio_pairs: u32,
-    /// Rounds of the head-to-head step (every host in turn, at one connection).
+    /// Rounds of the head-to-head step (every host in turn, at one connection), in each
+    /// placement.
     pub head_to_head_rounds: u32,
     /// How long to wait after the load for the backlog to drain.
     pub drain_seconds: f64,
@@ -101,9 +103,9 @@ impl Settings {
             // One shard takes at most `fulfilment_batch / 150 ms`, 53/s with the default 8.
             orders_per_shard: 60,
             ratio_pairs: number("BENCH_RATIO_PAIRS", 3.0) as u32,
-            // At one connection a single 10 s run moves by a third between runs, more
-            // than the hosts differ: the median of several in turn is the figure.
-            head_to_head_rounds: number("BENCH_HEAD_TO_HEAD_ROUNDS", 3.0) as u32,
+            // Pinned, a run at one connection moves by a few percent; two rounds in
+            // turn show that, and the medians are the figures.
+            head_to_head_rounds: number("BENCH_HEAD_TO_HEAD_ROUNDS", 2.0) as u32,
             drain_seconds: number("BENCH_DRAIN_SECONDS", 120.0),
             redis_benchmark_requests: 200_000,
             smoke,
@@ -200,6 +202,8 @@ impl KeepsUp {
 /// One request at one connection on one host, in every round of the head-to-head step.
 #[derive(Debug, Serialize)]
 pub struct HeadToHead {
+    /// Where the host's and Redis's threads ran ([`Placement`]).
+    pub placement: String,
     pub request: String,
     pub host: String,
     /// The status the request answers when all is well.
@@ -276,6 +280,7 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
             seconds: settings.seconds,
             rate: None,
             watch,
+            core: None,
         }
         .run()
     };
@@ -419,9 +424,56 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
     })
 }
 
-/// Every host's empty component and checkout up at once on one Redis; then, in each
-/// round, each request at one connection on every host one after the other, the host
-/// that goes first turning round by round.
+/// Where the head-to-head step pins the processes. At one connection a request waits on
+/// Redis a dozen times in a row; whether the host's thread and Redis share a core
+/// (a wake-up is then a switch on that core) or not (the other core must be woken) sets
+/// its latency, and the scheduler chooses anew in every run: unpinned, one run of the
+/// runner's `GET /api/products` took 0.6 ms and the next 1.1.
+#[derive(Debug, Clone, Copy)]
+enum Placement {
+    /// The host and Redis on core 0, the load generator on core 1.
+    OneCore,
+    /// The host on core 0, Redis and the load generator on core 1.
+    TwoCores,
+    /// Where the scheduler puts them (a machine with one core).
+    Unpinned,
+}
+
+impl Placement {
+    fn label(self) -> &'static str {
+        match self {
+            Placement::OneCore => "host and Redis on one core",
+            Placement::TwoCores => "host and Redis on two cores",
+            Placement::Unpinned => "unpinned",
+        }
+    }
+
+    /// The cores of the host, Redis and the load generator.
+    fn cores(self) -> Option<(u32, u32, u32)> {
+        match self {
+            Placement::OneCore => Some((0, 0, 1)),
+            Placement::TwoCores => Some((0, 1, 1)),
+            Placement::Unpinned => None,
+        }
+    }
+}
+
+/// Pins every thread of `pid` and of its descendants to `core` (`taskset`, util-linux).
+fn pin(pid: u32, core: u32) -> Result<()> {
+    for member in stack::family(pid) {
+        let status = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &core.to_string(), &member.to_string()])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .context("running taskset (util-linux)")?;
+        anyhow::ensure!(status.success(), "taskset failed on process {member}");
+    }
+    Ok(())
+}
+
+/// Every host's empty component and checkout up at once on one Redis; then, for each
+/// placement and in each round, each request at one connection on every host one after
+/// the other, the host that goes first turning round by round.
 fn head_to_head(
     hosts: &[Host],
     scratch: &e2e::Scratch,
@@ -442,39 +494,61 @@ fn head_to_head(
         (report::PRODUCTS, "GET", None, 200),
         (report::ORDERS, "POST", Some(order.as_str()), 202),
     ];
-    let mut results: Vec<HeadToHead> = requests
-        .iter()
-        .flat_map(|&(request, _, _, ok_status)| {
-            apps.iter().map(move |(host, _, _)| HeadToHead {
-                request: request.to_owned(),
-                host: host.clone(),
-                ok_status,
-                runs: Vec::new(),
-            })
-        })
-        .collect();
-    for round in 0..settings.head_to_head_rounds as usize {
-        for (r, &(_, method, body, _)) in requests.iter().enumerate() {
-            for turn in 0..apps.len() {
-                let a = (turn + round) % apps.len();
-                let (host, empty, checkout) = &apps[a];
-                let (url, pid) = match r {
-                    0 => (empty.url.clone(), empty.pid()),
-                    1 => (checkout.url("/api/products"), checkout.pid()),
-                    _ => (checkout.url("/api/orders"), checkout.pid()),
-                };
-                let watch = [(host.as_str(), pid), ("redis", redis.pid())];
-                let figures = Load {
-                    url: &url,
-                    method,
-                    body,
-                    connections: 1,
-                    seconds: settings.seconds,
-                    rate: None,
-                    watch: &watch,
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let placements = if cores >= 2 {
+        vec![Placement::OneCore, Placement::TwoCores]
+    } else {
+        vec![Placement::Unpinned]
+    };
+    let mut results = Vec::new();
+    for placement in placements {
+        let load_core = match placement.cores() {
+            Some((host_core, redis_core, load_core)) => {
+                for (_, empty, checkout) in &apps {
+                    pin(empty.pid(), host_core)?;
+                    pin(checkout.pid(), host_core)?;
                 }
-                .run()?;
-                results[r * apps.len() + a].runs.push(figures);
+                pin(redis.pid(), redis_core)?;
+                Some(load_core)
+            }
+            None => None,
+        };
+        let first = results.len();
+        for &(request, _, _, ok_status) in &requests {
+            for (host, _, _) in &apps {
+                results.push(HeadToHead {
+                    placement: placement.label().to_owned(),
+                    request: request.to_owned(),
+                    host: host.clone(),
+                    ok_status,
+                    runs: Vec::new(),
+                });
+            }
+        }
+        for round in 0..settings.head_to_head_rounds as usize {
+            for (r, &(_, method, body, _)) in requests.iter().enumerate() {
+                for turn in 0..apps.len() {
+                    let a = (turn + round) % apps.len();
+                    let (host, empty, checkout) = &apps[a];
+                    let (url, pid) = match r {
+                        0 => (empty.url.clone(), empty.pid()),
+                        1 => (checkout.url("/api/products"), checkout.pid()),
+                        _ => (checkout.url("/api/orders"), checkout.pid()),
+                    };
+                    let watch = [(host.as_str(), pid), ("redis", redis.pid())];
+                    let figures = Load {
+                        url: &url,
+                        method,
+                        body,
+                        connections: 1,
+                        seconds: settings.seconds,
+                        rate: None,
+                        watch: &watch,
+                        core: load_core,
+                    }
+                    .run()?;
+                    results[first + r * apps.len() + a].runs.push(figures);
+                }
             }
         }
     }

@@ -255,20 +255,18 @@ pub fn table(results: &Results) -> String {
     out
 }
 
-/// The head-to-head step: per request and host, the medians over its rounds, and the
-/// lowest and highest p50 of those runs, to show how far one run moves.
+/// The head-to-head step: per placement, request and host, the medians over its
+/// rounds, and the lowest and highest p50 of those runs, to show how far one run moves.
 fn head_to_head_table(out: &mut String, head_to_head: &[crate::HeadToHead]) {
     let Some(first) = head_to_head.first() else {
         return;
     };
     let _ = writeln!(
         out,
-        "
-### Head to head at one connection ({} rounds in turn, every host up at once on one Redis)
-",
+        "\n### Head to head at one connection ({} rounds in turn, every host up at once on one Redis, the load generator on a core of its own)\n",
         first.runs.len()
     );
-    out.push_str("| Request | host | req/s (median) | p50 ms (median; lowest-highest) | p99 ms (median) | errors |\n|---|---|---|---|---|---|\n");
+    out.push_str("| Placement | Request | host | req/s (median) | p50 ms (median; lowest-highest) | p99 ms (median) | errors |\n|---|---|---|---|---|---|---|\n");
     for h in head_to_head {
         let median = |value: fn(&Figures) -> f64| spread(h.runs.iter().map(value));
         let (Some(rps), Some(p50), Some(p99)) = (
@@ -281,8 +279,8 @@ fn head_to_head_table(out: &mut String, head_to_head: &[crate::HeadToHead]) {
         let errors: u64 = h.runs.iter().map(|f| f.unexpected(h.ok_status)).sum();
         let _ = writeln!(
             out,
-            "| {} | {} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.2} | {errors} |",
-            h.request, h.host, rps.0, p50.0, p50.1, p50.2, p99.0
+            "| {} | {} | {} | {:.0} | {:.2} ({:.2}-{:.2}) | {:.2} | {errors} |",
+            h.placement, h.request, h.host, rps.0, p50.0, p50.1, p50.2, p99.0
         );
     }
 }
@@ -510,6 +508,7 @@ mod tests {
     #[test]
     fn head_to_head_shows_each_hosts_medians_over_its_rounds_and_the_spread_of_p50() {
         let host = |host: &str, runs: Vec<Figures>| crate::HeadToHead {
+            placement: "host and Redis on two cores".to_owned(),
             request: PRODUCTS.to_owned(),
             host: host.to_owned(),
             ok_status: 200,
@@ -537,11 +536,11 @@ mod tests {
         head_to_head_table(&mut out, &rounds);
         assert!(out.contains("(3 rounds in turn"), "{out}");
         assert!(
-            out.contains("| `GET /api/products` | runner | 1000 | 0.90 (0.64-1.44) | 1.80 | 0 |"),
+            out.contains("| host and Redis on two cores | `GET /api/products` | runner | 1000 | 0.90 (0.64-1.44) | 1.80 | 0 |"),
             "{out}"
         );
         assert!(
-            out.contains("| `GET /api/products` | spin | 880 | 1.00 (0.96-1.43) | 2.00 | 0 |"),
+            out.contains("| host and Redis on two cores | `GET /api/products` | spin | 880 | 1.00 (0.96-1.43) | 2.00 | 0 |"),
             "{out}"
         );
 

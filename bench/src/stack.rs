@@ -434,6 +434,7 @@ impl Shop {
                         .iter()
                         .map(|(n, p)| (n.as_str(), *p))
                         .collect::<Vec<_>>(),
+                    core: None,
                 }
                 .run()
             })

@@ -179,20 +179,33 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
     assert!(runner["startup"]["cold_ms"].as_f64() > Some(0.0));
 
     // Head to head at one connection (here the runner alone, as `spin` is not on PATH):
-    // each request once per round, every answer the expected one.
+    // in each placement of the host and Redis, each request once per round, every
+    // answer the expected one.
     let head_to_head = results["head_to_head"].as_array().unwrap();
-    let requests_compared: Vec<&str> = head_to_head
+    let compared: Vec<(&str, &str)> = head_to_head
         .iter()
-        .map(|h| h["request"].as_str().unwrap())
+        .map(|h| {
+            (
+                h["placement"].as_str().unwrap(),
+                h["request"].as_str().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(
-        requests_compared,
-        [
-            "empty component `GET /`",
-            "`GET /api/products`",
-            "`POST /api/orders` (checkout alone)"
-        ]
-    );
+    let compared_requests = [
+        "empty component `GET /`",
+        "`GET /api/products`",
+        "`POST /api/orders` (checkout alone)",
+    ];
+    let placements: &[&str] = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
+        &["host and Redis on one core", "host and Redis on two cores"]
+    } else {
+        &["unpinned"]
+    };
+    let expected: Vec<(&str, &str)> = placements
+        .iter()
+        .flat_map(|p| compared_requests.iter().map(move |r| (*p, *r)))
+        .collect();
+    assert_eq!(compared, expected);
     for h in head_to_head {
         assert_eq!(h["host"], "runner", "{h}");
         let runs = h["runs"].as_array().unwrap();
