@@ -1,8 +1,10 @@
 //! What the two Spin components share: the domain's key-value port implemented on
 //! Spin's key-value store or on a Redis through outbound Redis ([`redis_store`]), chosen
 //! by the `store` variable ([`ShopStore`]); tracing ([`telemetry`]), the clock, random
-//! ids and typed access to Spin variables.
+//! ids, typed access to Spin variables, and HTTP responses handed to the host whole
+//! ([`http_response`]).
 
+pub mod http_response;
 pub mod redis_store;
 pub mod telemetry;
 

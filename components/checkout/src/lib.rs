@@ -20,14 +20,20 @@ mod orders;
 use opentelemetry::trace::{FutureExt, Status, TraceContextExt, Tracer};
 use opentelemetry::KeyValue;
 use shop_adapters::telemetry;
-use spin_sdk::http::{IncomingRequest, Method, Response};
+use spin_sdk::http::{IncomingRequest, Method, Response, ResponseOutparam};
 use spin_sdk::http_component;
 
 use http_io::{problem_response, Incoming};
 use shop_domain::problem::Problem;
 
 #[http_component]
-async fn handle(request: IncomingRequest) -> Response {
+async fn handle(request: IncomingRequest, response_out: ResponseOutparam) {
+    let response = answer(request).await;
+    // Body first, then the headers: one write for the host to send (see the module).
+    shop_adapters::http_response::send(response_out, response).await;
+}
+
+async fn answer(request: IncomingRequest) -> Response {
     let _tracing = telemetry::start();
     let incoming = Incoming::from(&request);
     let segments: Vec<&str> = incoming

@@ -794,3 +794,60 @@ fn chrono_millis(at: &str) -> Option<i64> {
         .ok()
         .map(|t| t.timestamp_millis())
 }
+
+#[test]
+fn checkout_hands_over_every_answer_whole_with_its_length() {
+    // Checkout writes and ends each body before it gives the host the headers
+    // (`shop_adapters::http_response`): a client gets a `content-length`, never a
+    // chunked body, whatever the answer.
+    let shop = Shop::start("whole-answers", RunnerOptions::default());
+    let base = &shop.runner.base_url;
+    let placed = order("SPIN-MUG", 1, APPROVED_CARD, "ada@example.com").to_string();
+    let client = http();
+    let requests = [
+        (
+            "GET /api/products",
+            client.get(format!("{base}/api/products")),
+        ),
+        (
+            "POST /api/orders",
+            client
+                .post(format!("{base}/api/orders"))
+                .header("content-type", "application/json")
+                .body(placed),
+        ),
+        (
+            "POST /api/orders, malformed",
+            client
+                .post(format!("{base}/api/orders"))
+                .header("content-type", "application/json")
+                .body("{"),
+        ),
+        ("PUT /api/orders", client.put(format!("{base}/api/orders"))),
+        (
+            "GET /api/nothing",
+            client.get(format!("{base}/api/nothing")),
+        ),
+    ];
+    let mut statuses = Vec::new();
+    for (what, request) in requests {
+        let response = request.send().expect(what);
+        statuses.push(response.status().as_u16());
+        let headers = response.headers().clone();
+        let body = response.bytes().expect(what);
+        assert!(
+            headers.get("transfer-encoding").is_none(),
+            "{what}: {headers:?}"
+        );
+        assert_eq!(
+            headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<usize>().ok()),
+            Some(body.len()),
+            "{what}: {headers:?}"
+        );
+        assert!(!body.is_empty(), "{what}");
+    }
+    assert_eq!(statuses, [200, 202, 400, 405, 404]);
+}
