@@ -431,11 +431,12 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
 /// runner's `GET /api/products` took 0.6 ms and the next 1.1.
 #[derive(Debug, Clone, Copy)]
 enum Placement {
-    /// The host and Redis on core 0, the load generator on core 1.
+    /// The host and Redis on the first core the bench may use, the load generator on
+    /// the second.
     OneCore,
-    /// The host on core 0, Redis and the load generator on core 1.
+    /// The host on the first core, Redis and the load generator on the second.
     TwoCores,
-    /// Where the scheduler puts them (a machine with one core).
+    /// Where the scheduler puts them (the bench may use one core only).
     Unpinned,
 }
 
@@ -448,13 +449,42 @@ impl Placement {
         }
     }
 
-    /// The cores of the host, Redis and the load generator.
-    fn cores(self) -> Option<(u32, u32, u32)> {
+    /// The cores of the host, Redis and the load generator, given the two the bench may
+    /// use.
+    fn cores(self, [first, second]: [u32; 2]) -> Option<(u32, u32, u32)> {
         match self {
-            Placement::OneCore => Some((0, 0, 1)),
-            Placement::TwoCores => Some((0, 1, 1)),
+            Placement::OneCore => Some((first, first, second)),
+            Placement::TwoCores => Some((first, second, second)),
             Placement::Unpinned => None,
         }
+    }
+}
+
+/// The cores this process may run on, from a `Cpus_allowed_list` such as `0-1` or
+/// `2,5-7` (a container's cpuset need not start at core 0).
+fn allowed_cores(list: &str) -> Vec<u32> {
+    list.trim()
+        .split(',')
+        .filter_map(|range| match range.split_once('-') {
+            Some((low, high)) => Some(low.trim().parse().ok()?..=high.trim().parse().ok()?),
+            None => {
+                let core = range.trim().parse().ok()?;
+                Some(core..=core)
+            }
+        })
+        .flatten()
+        .collect()
+}
+
+/// The first two cores this process may run on, if it may use two.
+fn two_allowed_cores() -> Option<[u32; 2]> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Cpus_allowed_list:"))?;
+    match allowed_cores(list)[..] {
+        [first, second, ..] => Some([first, second]),
+        _ => None,
     }
 }
 
@@ -494,15 +524,14 @@ fn head_to_head(
         (report::PRODUCTS, "GET", None, 200),
         (report::ORDERS, "POST", Some(order.as_str()), 202),
     ];
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let placements = if cores >= 2 {
-        vec![Placement::OneCore, Placement::TwoCores]
-    } else {
-        vec![Placement::Unpinned]
+    let cores = two_allowed_cores();
+    let placements = match cores {
+        Some(_) => vec![Placement::OneCore, Placement::TwoCores],
+        None => vec![Placement::Unpinned],
     };
     let mut results = Vec::new();
     for placement in placements {
-        let load_core = match placement.cores() {
+        let load_core = match cores.and_then(|cores| placement.cores(cores)) {
             Some((host_core, redis_core, load_core)) => {
                 for (_, empty, checkout) in &apps {
                     pin(empty.pid(), host_core)?;
@@ -572,4 +601,24 @@ pub fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(100));
     }
     done()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allowed_cores_read_ranges_and_single_cores() {
+        assert_eq!(allowed_cores("0-1\n"), [0, 1]);
+        assert_eq!(allowed_cores("2,5-7"), [2, 5, 6, 7]);
+        assert_eq!(allowed_cores("3"), [3]);
+        assert_eq!(allowed_cores(""), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn placements_use_the_cores_given() {
+        assert_eq!(Placement::OneCore.cores([2, 5]), Some((2, 2, 5)));
+        assert_eq!(Placement::TwoCores.cores([2, 5]), Some((2, 5, 5)));
+        assert_eq!(Placement::Unpinned.cores([2, 5]), None);
+    }
 }

@@ -196,16 +196,18 @@ fn the_benchmark_runs_every_step_and_reports_every_figure() {
         "`GET /api/products`",
         "`POST /api/orders` (checkout alone)",
     ];
-    let placements: &[&str] = if std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2 {
-        &["host and Redis on one core", "host and Redis on two cores"]
-    } else {
-        &["unpinned"]
+    // Pinned both ways where the bench may use two cores, else unpinned.
+    let expected = |placements: &[&'static str]| -> Vec<(&str, &str)> {
+        placements
+            .iter()
+            .flat_map(|p| compared_requests.iter().map(move |r| (*p, *r)))
+            .collect()
     };
-    let expected: Vec<(&str, &str)> = placements
-        .iter()
-        .flat_map(|p| compared_requests.iter().map(move |r| (*p, *r)))
-        .collect();
-    assert_eq!(compared, expected);
+    assert!(
+        compared == expected(&["host and Redis on one core", "host and Redis on two cores"])
+            || compared == expected(&["unpinned"]),
+        "{compared:?}"
+    );
     for h in head_to_head {
         assert_eq!(h["host"], "runner", "{h}");
         let runs = h["runs"].as_array().unwrap();
