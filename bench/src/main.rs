@@ -429,34 +429,31 @@ fn measure(host: &Host, scratch: &e2e::Scratch, settings: &Settings) -> Result<H
 /// (a wake-up is then a switch on that core) or not (the other core must be woken) sets
 /// its latency, and the scheduler chooses anew in every run: unpinned, one run of the
 /// runner's `GET /api/products` took 0.6 ms and the next 1.1.
-#[derive(Debug, Clone, Copy)]
-enum Placement {
-    /// The host and Redis on the first core the bench may use, the load generator on
-    /// the second.
-    OneCore,
-    /// The host on the first core, Redis and the load generator on the second.
-    TwoCores,
-    /// Where the scheduler puts them (the bench may use one core only).
-    Unpinned,
+#[derive(Debug)]
+struct Placement {
+    label: &'static str,
+    /// The cores of the host, Redis and the load generator; none: the scheduler's.
+    cores: Option<(u32, u32, u32)>,
 }
 
-impl Placement {
-    fn label(self) -> &'static str {
-        match self {
-            Placement::OneCore => "host and Redis on one core",
-            Placement::TwoCores => "host and Redis on two cores",
-            Placement::Unpinned => "unpinned",
-        }
-    }
-
-    /// The cores of the host, Redis and the load generator, given the two the bench may
-    /// use.
-    fn cores(self, [first, second]: [u32; 2]) -> Option<(u32, u32, u32)> {
-        match self {
-            Placement::OneCore => Some((first, first, second)),
-            Placement::TwoCores => Some((first, second, second)),
-            Placement::Unpinned => None,
-        }
+/// With two cores the bench may use, the host and Redis on the first and then on one
+/// each, the load generator on the second; with one, unpinned.
+fn placements(two_cores: Option<[u32; 2]>) -> Vec<Placement> {
+    match two_cores {
+        Some([first, second]) => vec![
+            Placement {
+                label: "host and Redis on one core",
+                cores: Some((first, first, second)),
+            },
+            Placement {
+                label: "host and Redis on two cores",
+                cores: Some((first, second, second)),
+            },
+        ],
+        None => vec![Placement {
+            label: "unpinned",
+            cores: None,
+        }],
     }
 }
 
@@ -519,19 +516,22 @@ fn head_to_head(
         apps.push((host.name(), empty, checkout));
     }
     let order = stack::order_body(1);
+    // What is asked of each host, with `None` for its empty component's `GET /` and a
+    // path for its checkout.
     let requests = [
-        (report::EMPTY, "GET", None, 200),
-        (report::PRODUCTS, "GET", None, 200),
-        (report::ORDERS, "POST", Some(order.as_str()), 202),
+        (report::EMPTY, None, "GET", None, 200),
+        (report::PRODUCTS, Some("/api/products"), "GET", None, 200),
+        (
+            report::ORDERS,
+            Some("/api/orders"),
+            "POST",
+            Some(order.as_str()),
+            202,
+        ),
     ];
-    let cores = two_allowed_cores();
-    let placements = match cores {
-        Some(_) => vec![Placement::OneCore, Placement::TwoCores],
-        None => vec![Placement::Unpinned],
-    };
     let mut results = Vec::new();
-    for placement in placements {
-        let load_core = match cores.and_then(|cores| placement.cores(cores)) {
+    for placement in placements(two_allowed_cores()) {
+        let load_core = match placement.cores {
             Some((host_core, redis_core, load_core)) => {
                 for (_, empty, checkout) in &apps {
                     pin(empty.pid(), host_core)?;
@@ -543,10 +543,10 @@ fn head_to_head(
             None => None,
         };
         let first = results.len();
-        for &(request, _, _, ok_status) in &requests {
+        for &(request, _, _, _, ok_status) in &requests {
             for (host, _, _) in &apps {
                 results.push(HeadToHead {
-                    placement: placement.label().to_owned(),
+                    placement: placement.label.to_owned(),
                     request: request.to_owned(),
                     host: host.clone(),
                     ok_status,
@@ -555,14 +555,13 @@ fn head_to_head(
             }
         }
         for round in 0..settings.head_to_head_rounds as usize {
-            for (r, &(_, method, body, _)) in requests.iter().enumerate() {
+            for (r, &(_, path, method, body, _)) in requests.iter().enumerate() {
                 for turn in 0..apps.len() {
                     let a = (turn + round) % apps.len();
                     let (host, empty, checkout) = &apps[a];
-                    let (url, pid) = match r {
-                        0 => (empty.url.clone(), empty.pid()),
-                        1 => (checkout.url("/api/products"), checkout.pid()),
-                        _ => (checkout.url("/api/orders"), checkout.pid()),
+                    let (url, pid) = match path {
+                        None => (empty.url.clone(), empty.pid()),
+                        Some(path) => (checkout.url(path), checkout.pid()),
                     };
                     let watch = [(host.as_str(), pid), ("redis", redis.pid())];
                     let figures = Load {
@@ -617,8 +616,8 @@ mod tests {
 
     #[test]
     fn placements_use_the_cores_given() {
-        assert_eq!(Placement::OneCore.cores([2, 5]), Some((2, 2, 5)));
-        assert_eq!(Placement::TwoCores.cores([2, 5]), Some((2, 5, 5)));
-        assert_eq!(Placement::Unpinned.cores([2, 5]), None);
+        let cores = |two| -> Vec<_> { placements(two).into_iter().map(|p| p.cores).collect() };
+        assert_eq!(cores(Some([2, 5])), [Some((2, 2, 5)), Some((2, 5, 5))]);
+        assert_eq!(cores(None), [None]);
     }
 }
