@@ -210,7 +210,10 @@ pub fn respond(store: &Store, method: &Method, path: &str, query: Option<&str>) 
             },
             None => Answer::html(
                 404,
-                html::not_found(&format!("No trace has {ORDER_ID_ATTRIBUTE} = {order_id}.")),
+                html::not_found(&format!(
+                    "No trace has {ORDER_ID_ATTRIBUTE} = {order_id}. {}",
+                    why_missing(store)
+                )),
             ),
         };
     }
@@ -219,13 +222,21 @@ pub fn respond(store: &Store, method: &Method, path: &str, query: Option<&str>) 
             Some(detail) => Answer::html(200, html::trace(&detail)),
             None => Answer::html(
                 404,
-                html::not_found(&format!(
-                    "No trace {trace_id} here: it has not arrived, or was evicted."
-                )),
+                html::not_found(&format!("No trace {trace_id} here. {}", why_missing(store))),
             ),
         };
     }
     Answer::html(404, html::not_found(&format!("Nothing at {path}.")))
+}
+
+/// Why a trace a link names may be missing: the viewer keeps traces in memory only, so
+/// an order placed before it (re)started keeps a link that leads nowhere.
+fn why_missing(store: &Store) -> String {
+    format!(
+        "It has not arrived yet, was evicted (this viewer keeps the latest {} traces), \
+         or arrived before this viewer last started: it keeps traces in memory only.",
+        store.max_traces()
+    )
 }
 
 /// The single, non-empty, percent-decoded path segment after `prefix`.
@@ -315,6 +326,30 @@ mod tests {
             (303, Some("/traces/abc"))
         );
         assert_eq!(get(&store, "/api/orders/ord_2", None).status, 404);
+    }
+
+    #[test]
+    fn a_missing_trace_says_the_viewer_forgets_on_restart() {
+        // An order keeps its trace link after the viewer restarts; the page it leads to
+        // must say why it is empty rather than leave the user guessing.
+        let store = store();
+        for path in [
+            "/traces/4bf92f3577b34da6a3ce929d0e0e4736",
+            "/api/orders/ord_2",
+        ] {
+            let answer = get(&store, path, None);
+            let page = String::from_utf8(answer.body).unwrap();
+            assert_eq!(answer.status, 404, "{path}");
+            assert!(
+                page.contains("keeps the latest 10 traces"),
+                "{path}: {page}"
+            );
+            assert!(
+                page.contains("before this viewer last started"),
+                "{path}: {page}"
+            );
+            assert!(page.contains("in memory only"), "{path}: {page}");
+        }
     }
 
     #[test]

@@ -60,6 +60,11 @@ impl Store {
         }
     }
 
+    /// How many traces are kept at most.
+    pub fn max_traces(&self) -> usize {
+        self.max_traces
+    }
+
     fn inner(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
