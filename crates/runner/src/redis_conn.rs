@@ -1,29 +1,31 @@
 //! The key-value backend's Redis connection (outbound Redis opens its own per `open`, as
 //! Spin does; see `capabilities::outbound_redis`).
 //!
-//! As Spin's Redis key-value backend (`crates/key-value-redis`): one `ConnectionManager`
-//! shared by every instance, the URL's protocol as given (RESP2 unless it says
+//! As Spin's Redis key-value backend (`crates/key-value-redis`, redis 0.32): one
+//! `ConnectionManager` shared by every instance, made by the first `open` that can
+//! connect (one that cannot fails, and the next `open` tries again), with redis-rs
+//! 0.32's defaults: six connection retries from 100 ms, doubling, with jitter, and no
+//! connect or response timeout. The URL's protocol as given (RESP2 unless it says
 //! otherwise), each command sent once. When Redis has dropped the connection, the next
 //! command fails and the manager reconnects in the background; the `PING` Spin sends on
-//! every `open` of the store (`Backend::after_open`) is what usually meets that failure.
+//! every `open` of the store (`Backend::open`) is what usually meets that failure.
 //! Observed on Spin 4.1.0-pre0: a `get` after Redis closed the idle connection answered
 //! `other("broken pipe")`, and the next request's calls worked.
 
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisResult;
+use redis::aio::ConnectionManagerConfig;
 
-/// A lazily connecting connection to the Redis at `url` that reconnects after a failure.
-pub fn manager(url: &str) -> RedisResult<(redis::Client, ConnectionManager)> {
-    let client = redis::Client::open(url)?;
-    let config = ConnectionManagerConfig::new()
-        .set_number_of_retries(3)
-        .set_max_delay(Duration::from_millis(500))
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(Duration::from_secs(10)));
-    let manager = ConnectionManager::new_lazy_with_config(client.clone(), config)?;
-    Ok((client, manager))
+/// The configuration `Client::get_connection_manager` gives Spin's backend: redis-rs
+/// 0.32's defaults, spelled out because redis-rs 1 changed them (it added a 1 s connect
+/// and a 500 ms response timeout, which would fail commands Spin waits for).
+pub fn spin_manager_config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_number_of_retries(6)
+        .set_min_delay(Duration::from_millis(100))
+        .set_exponent_base(2.0)
+        .set_connection_timeout(None)
+        .set_response_timeout(None)
 }
 
 /// A Redis URL without its password, for logs and messages.

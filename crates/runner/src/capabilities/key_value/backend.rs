@@ -19,7 +19,8 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// A store in the Redis at `url` (connects lazily, reconnects after a restart).
+    /// A store in the Redis at `url` (connects at the first `open`, reconnects after a
+    /// restart).
     pub fn redis(url: &str) -> Result<Backend> {
         RedisStore::new(url).map(Backend::Redis)
     }
@@ -90,12 +91,15 @@ impl Backend {
     }
 
     /// What Spin's backend does on every `open` of the store, before answering it
-    /// (`Store::after_open` in Spin's `factor-key-value`): Redis is sent a `PING`, whose
-    /// failure is ignored (the connection reconnects by itself); SQLite, nothing. On
-    /// Spin that is one more round trip for every `open`, so it is here too.
-    pub async fn after_open(&self) {
-        if let Backend::Redis(r) = self {
-            r.ping().await;
+    /// (`StoreManager::get`, then `Store::after_open`, in Spin's `factor-key-value`):
+    /// Redis connects if it has not yet (so an unreachable Redis fails the `open`) and is
+    /// sent a `PING`, whose failure is ignored (the connection reconnects by itself);
+    /// SQLite, nothing. On Spin that is one more round trip for every `open`, so it is
+    /// here too.
+    pub async fn open(&self) -> Result<(), KvError> {
+        match self {
+            Backend::Redis(r) => r.open().await,
+            Backend::Sqlite(_) => Ok(()),
         }
     }
 
@@ -339,6 +343,38 @@ mod tests {
         assert_eq!(seen, (1..=50).map(|i| i * 2).collect::<Vec<i64>>());
         assert_eq!(kv.increment("counter", 0).await.unwrap(), 100);
         assert_eq!(kv.increment("missing", 0).await.unwrap(), 0);
+    }
+
+    /// As Spin's backend: the first `open` connects, retrying for seconds as redis-rs
+    /// 0.32 does, and fails if Redis cannot be reached; the next `open` tries again.
+    /// Once connected, an `open` answers even with Redis gone (its `PING`'s failure is
+    /// ignored) and the commands after it fail.
+    #[tokio::test]
+    async fn a_redis_store_that_cannot_connect_fails_its_open_until_it_can() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let kv = Backend::redis(&format!("redis://127.0.0.1:{port}")).unwrap();
+        let started = std::time::Instant::now();
+        let refused = kv.open().await.unwrap_err();
+        assert!(refused.starts_with("redis: "), "{refused}");
+        // Six retries from 100 ms, doubling: 6.3 s before jitter.
+        assert!(
+            started.elapsed() >= std::time::Duration::from_secs(6),
+            "gave up after {:?}",
+            started.elapsed()
+        );
+
+        let mut server = RedisServer::start_on(port);
+        kv.open().await.unwrap();
+        kv.set("k", b"v").await.unwrap();
+
+        let _ = server.0.kill();
+        let _ = server.0.wait();
+        kv.open().await.unwrap();
+        assert!(kv.get("k").await.is_err(), "redis is down");
     }
 
     #[tokio::test]

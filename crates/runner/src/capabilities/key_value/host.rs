@@ -37,13 +37,16 @@ impl KeyValue {
 
     /// As Spin: a label missing from the component's `key_value_stores` is denied,
     /// whether or not the app has such a store; a granted one is opened with its
-    /// backend's `after_open` (a Redis store's `PING`).
+    /// backend's `open` (a Redis store connects if it has not yet, then sends a `PING`).
     async fn open_store(&mut self, label: &str) -> Result<Resource<OpenStore>, OpenError> {
         let Some(backend) = self.stores.0.get(label).cloned() else {
             tracing::warn!(component = %self.component, label, "key-value store open denied: not in the component's key_value_stores");
             return Err(OpenError::AccessDenied);
         };
-        backend.after_open().await;
+        backend.open().await.map_err(|e| {
+            tracing::warn!(component = %self.component, label, "key-value store open failed: {e}");
+            OpenError::Other(e)
+        })?;
         let store = OpenStore { backend };
         self.table
             .push(store)

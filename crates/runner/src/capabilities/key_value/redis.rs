@@ -1,44 +1,64 @@
 //! Spin's Redis key-value backend: plain keys, counters by `INCRBY` (ASCII decimal).
 
+use std::sync::Arc;
+
 use anyhow::{Context, Result};
+use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
+use tokio::sync::OnceCell;
 
 use super::backend::KvError;
-use crate::redis_conn::redact;
+use crate::redis_conn::{redact, spin_manager_config};
 
 #[derive(Clone)]
 pub struct RedisStore {
     client: redis::Client,
-    manager: redis::aio::ConnectionManager,
+    /// Made by the first `open` that connects, then shared by every instance.
+    manager: Arc<OnceCell<ConnectionManager>>,
 }
 
 impl RedisStore {
     pub fn new(url: &str) -> Result<RedisStore> {
-        // Connects lazily and reconnects after a Redis restart.
-        let (client, manager) = crate::redis_conn::manager(url)
+        let client = redis::Client::open(url)
             .with_context(|| format!("redis key-value store url {:?}", redact(url)))?;
-        Ok(RedisStore { client, manager })
+        Ok(RedisStore {
+            client,
+            manager: Arc::new(OnceCell::new()),
+        })
+    }
+
+    /// The shared connection, connecting (with Spin's retries) if none has yet: until
+    /// one has, Redis being unreachable fails the call, and the next one tries again.
+    async fn connection(&self) -> Result<ConnectionManager, KvError> {
+        self.manager
+            .get_or_try_init(|| {
+                ConnectionManager::new_with_config(self.client.clone(), spin_manager_config())
+            })
+            .await
+            .cloned()
+            .map_err(|e| format!("redis: {e}"))
     }
 
     /// Runs one command on the shared connection, once (see [`crate::redis_conn`]).
     async fn run<'a, T, F, Fut>(&self, command: F) -> Result<T, KvError>
     where
-        F: FnOnce(redis::aio::ConnectionManager) -> Fut,
+        F: FnOnce(ConnectionManager) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>> + 'a,
     {
-        command(self.manager.clone())
+        command(self.connection().await?)
             .await
             .map_err(|e| format!("redis: {e}"))
     }
 
-    /// A `PING`, sent once, its answer ignored (see [`super::Backend::after_open`]).
-    pub async fn ping(&self) {
-        if let Err(e) = redis::cmd("PING")
-            .query_async::<()>(&mut self.manager.clone())
-            .await
-        {
+    /// What an `open` of the store does on Spin: connect if no connection was made yet
+    /// (failing the `open` if that fails), then a `PING`, sent once, its answer ignored
+    /// (see [`super::Backend::open`]).
+    pub async fn open(&self) -> Result<(), KvError> {
+        let mut connection = self.connection().await?;
+        if let Err(e) = redis::cmd("PING").query_async::<()>(&mut connection).await {
             tracing::debug!("redis key-value PING on open: {e}");
         }
+        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<Vec<u8>>, KvError> {
