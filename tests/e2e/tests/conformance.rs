@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use e2e::*;
 use serde_json::Value;
@@ -587,6 +588,42 @@ fn every_outbound_redis_open_is_a_connection_of_its_own() {
         );
         assert_eq!(in_database_1(key), "first", "{key} in db 1");
     }
+}
+
+/// As Spin's outbound Redis (redis-rs 0.32, no response timeout): a command Redis holds
+/// (here `BLPOP` of an empty list for 2 s) is answered when Redis answers, not failed by
+/// the host for taking long.
+#[test]
+fn an_outbound_redis_command_redis_holds_is_waited_for() {
+    let scratch = Scratch::new("conformance-redis-blocking");
+    let redis = Redis::start(&scratch);
+    let manifest = app(
+        &scratch,
+        &[("/...", "guest")],
+        &format!("allowed_outbound_hosts = [\"{}\"]", redis.url()),
+    );
+    let runner = start(&scratch, &manifest);
+    let started = Instant::now();
+    let (status, body) = get(
+        &runner,
+        "/",
+        &[
+            ("probe", "redis-blocking"),
+            ("url", &redis.url()),
+            ("key", "empty-list"),
+            ("seconds", "2"),
+        ],
+    );
+    // BLPOP answers nil when its time is up.
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "answered [RedisResult::Nil]")
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "answered after {:?}, before Redis did",
+        started.elapsed()
+    );
 }
 
 /// As Spin's Redis key-value backend: every `open` of the store, through either

@@ -11,6 +11,7 @@
 use opentelemetry::trace::SpanKind;
 use opentelemetry::KeyValue as Attribute;
 use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use super::allowed_hosts::AllowedHosts;
@@ -148,7 +149,16 @@ impl outbound_redis::HostConnection for OutboundRedis {
                 return Ok(Err(outbound_redis::Error::InvalidAddress));
             }
         };
-        match client.get_multiplexed_async_connection().await {
+        // As Spin's (redis-rs 0.32's `AsyncConnectionConfig::new()`): no connect or
+        // response timeout. redis-rs 1's defaults (1 s, 500 ms) would fail a command
+        // that Spin waits for, such as a `BLPOP` Redis holds.
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(None)
+            .set_response_timeout(None);
+        match client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
             Ok(link) => Ok(Ok(self.table.push(Connection { link })?)),
             Err(e) => {
                 span.fail(e.to_string());

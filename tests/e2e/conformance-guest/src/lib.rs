@@ -15,6 +15,10 @@
 //!   and `CLIENT ID` on both: answers `second sees <value or nil>, same client <bool>`.
 //!   On Spin every `open` is a connection of its own, so it is always
 //!   `second sees nil, same client false`, and the key is in database 1;
+//! - `redis-blocking`: opens outbound Redis at the `url` header and sends, through
+//!   `execute`, `BLPOP` of the `key` header for the `seconds` header's seconds: answers
+//!   `answered <results>` once Redis answers, or `error: <what failed>`. Spin's outbound
+//!   Redis sets no response timeout, so a command Redis holds for a while is answered;
 //! - `kv-idle`: opens the store `default` through `fermyon:spin/key-value`, sets a key,
 //!   waits the `ms` header's milliseconds, then reads the key back: answers `ok` or
 //!   `error: <what the get returned>` (how a host's store behaves when Redis drops the
@@ -53,6 +57,11 @@ async fn handle(request: IncomingRequest) -> Response {
         Some("redis-connections") => redis_connections(
             &header("url").unwrap_or_default(),
             &header("key").unwrap_or_default(),
+        ),
+        Some("redis-blocking") => redis_blocking(
+            &header("url").unwrap_or_default(),
+            &header("key").unwrap_or_default(),
+            header("seconds").and_then(|s| s.parse().ok()).unwrap_or(0),
         ),
         Some("kv-idle") => set_wait_get(header("ms").and_then(|ms| ms.parse().ok()).unwrap_or(0)),
         Some("instance") => what_earlier_requests_left(),
@@ -169,6 +178,22 @@ fn redis_connections(url: &str, key: &str) -> String {
         Ok(format!("second sees {seen}, same client {same}"))
     };
     run().unwrap_or_else(|e| format!("error: {e}"))
+}
+
+fn redis_blocking(url: &str, key: &str, seconds: i64) -> String {
+    use spin_sdk::redis::{Connection, RedisParameter};
+    let connection = match Connection::open(url) {
+        Ok(connection) => connection,
+        Err(e) => return format!("error: open: {e}"),
+    };
+    let arguments = [
+        RedisParameter::Binary(key.as_bytes().to_vec()),
+        RedisParameter::Int64(seconds),
+    ];
+    match connection.execute("BLPOP", &arguments) {
+        Ok(results) => format!("answered {results:?}"),
+        Err(e) => format!("error: BLPOP: {e}"),
+    }
 }
 
 fn round_trip(
