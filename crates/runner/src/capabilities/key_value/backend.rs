@@ -198,17 +198,21 @@ mod tests {
         let _ = std::fs::remove_file(path);
     }
 
+    /// A port nothing listens on (the kernel's pick, released at once).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
     /// A real redis-server on a free port, killed on drop.
     struct RedisServer(std::process::Child, u16);
 
     impl RedisServer {
         fn start() -> RedisServer {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            RedisServer::start_on(port)
+            RedisServer::start_on(free_port())
         }
 
         fn start_on(port: u16) -> RedisServer {
@@ -351,11 +355,7 @@ mod tests {
     /// ignored) and the commands after it fail.
     #[tokio::test]
     async fn a_redis_store_that_cannot_connect_fails_its_open_until_it_can() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let kv = Backend::redis(&format!("redis://127.0.0.1:{port}")).unwrap();
         let started = std::time::Instant::now();
         let refused = kv.open().await.unwrap_err();
