@@ -545,6 +545,16 @@ fn a_cidr_range_allows_any_address_in_it_and_no_host_name() {
     assert_eq!(upstream.requests(), 2);
 }
 
+/// The guest on every route, allowed outbound Redis to `redis`.
+fn guest_allowed_outbound_redis(scratch: &Scratch, redis: &Redis) -> Runner {
+    let manifest = app(
+        scratch,
+        &[("/...", "guest")],
+        &format!("allowed_outbound_hosts = [\"{}\"]", redis.url()),
+    );
+    start(scratch, &manifest)
+}
+
 /// As Spin's outbound Redis: every `open` is a connection of its own, so what a guest
 /// sets on one through `execute` (here `SELECT 1`) reaches neither its other
 /// connections nor the connections of later instances.
@@ -552,12 +562,7 @@ fn a_cidr_range_allows_any_address_in_it_and_no_host_name() {
 fn every_outbound_redis_open_is_a_connection_of_its_own() {
     let scratch = Scratch::new("conformance-redis-connections");
     let redis = Redis::start(&scratch);
-    let manifest = app(
-        &scratch,
-        &[("/...", "guest")],
-        &format!("allowed_outbound_hosts = [\"{}\"]", redis.url()),
-    );
-    let runner = start(&scratch, &manifest);
+    let runner = guest_allowed_outbound_redis(&scratch, &redis);
     let in_database_1 = |key: &str| {
         let out = Command::new("redis-cli")
             .args(["-p", &redis.port.to_string(), "-n", "1", "GET", key])
@@ -597,12 +602,7 @@ fn every_outbound_redis_open_is_a_connection_of_its_own() {
 fn an_outbound_redis_command_redis_holds_is_waited_for() {
     let scratch = Scratch::new("conformance-redis-blocking");
     let redis = Redis::start(&scratch);
-    let manifest = app(
-        &scratch,
-        &[("/...", "guest")],
-        &format!("allowed_outbound_hosts = [\"{}\"]", redis.url()),
-    );
-    let runner = start(&scratch, &manifest);
+    let runner = guest_allowed_outbound_redis(&scratch, &redis);
     let started = Instant::now();
     let (status, body) = get(
         &runner,
